@@ -1,0 +1,34 @@
+# Data stage: the configured dataset in VOC layout, then YOLO labels and a manifest.
+
+
+rule download:
+    output:
+        directory(f"{DATASET_DIR}/voc"),
+    log:
+        f"{DATASET_DIR}/logs/download.log",
+    benchmark:
+        f"{DATASET_DIR}/logs/download.benchmark.tsv"
+    conda:
+        "../envs/data.yaml"
+    params:
+        dataset=config["dataset"],
+        seed=config["seed"],
+    script:
+        "../workflow/scripts/download.py"
+
+
+rule convert:
+    input:
+        voc=f"{DATASET_DIR}/voc",
+    output:
+        directory(f"{DATASET_DIR}/yolo"),
+    log:
+        f"{DATASET_DIR}/logs/convert.log",
+    benchmark:
+        f"{DATASET_DIR}/logs/convert.benchmark.tsv"
+    conda:
+        "../envs/data.yaml"
+    params:
+        dataset=config["dataset"],
+    script:
+        "../workflow/scripts/convert.py"

@@ -1,0 +1,21 @@
+# Evaluate stage: each trained cell on the held-out split.
+
+
+rule evaluate:
+    input:
+        weights=f"{CELL}/weights.pt",
+        dataset=f"{DATASET_DIR}/yolo",
+    output:
+        metrics=f"{CELL}/metrics.json",
+        detections=f"{CELL}/detections.json",
+    log:
+        f"{CELL}/logs/evaluate.log",
+    benchmark:
+        f"{CELL}/logs/evaluate.benchmark.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: 4
+    params:
+        config=cell_config,
+    script:
+        "../workflow/scripts/evaluate.py"

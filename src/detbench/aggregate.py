@@ -1,0 +1,188 @@
+"""Collect every finished cell under ``results/`` into one table, ``results/summary.csv``.
+
+A cell is a folder ``results/{platform}/{model}/b{batch}_e{epochs}/`` holding ``run.json``
+(from training), ``history.csv`` and ``metrics.json`` (from evaluation). Every platform
+present is included, so copying another platform's ``results/<platform>/`` beside this one
+and rebuilding the summary compares them without retraining anything.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from detbench import atomic
+from detbench.errors import DetbenchError
+
+CELL_PATTERN = re.compile(r"^b(?P<batch>\d+)_e(?P<epochs>\d+)$")
+NOT_PLATFORMS = {"datasets", "logs", "reference"}
+
+# Column name -> what it holds (units, split, threshold). Written beside the summary.
+COLUMNS: dict[str, str] = {
+    "platform": "platform label the cell ran under",
+    "dataset": "dataset name",
+    "model": "yolov3 or yolov3-tiny",
+    "batch": "training batch size (images)",
+    "epochs": "training epochs",
+    "img_size": "network input size (px, square letterbox)",
+    "weights": "starting weights: scratch, backbone or coco",
+    "device": "device the cell trained on (e.g. cpu, cuda:0)",
+    "device_name": "CPU or GPU model",
+    "precision": "arithmetic of training: fp32, bf16 or fp16 (AMP)",
+    "train_images": "images in the training split",
+    "train_time_s": "training time: sum of epoch wall times (s), all segments",
+    "train_images_per_s": "training throughput: epochs x train images / train_time_s",
+    "segments": "how many job runs the training took (1 = never resumed)",
+    "eval_split": "split the metrics below are measured on",
+    "eval_images": "images in eval_split",
+    "map50": "mAP@0.5 on eval_split (COCO 101-point AP, mean over classes)",
+    "map50_95": "mAP@0.5:0.95 on eval_split (COCO 101-point AP, mean over IoU 0.50..0.95)",
+    "pr_confidence": "confidence at which precision_at_conf / recall_at_conf are read",
+    "precision_at_conf": (
+        "precision on eval_split at confidence pr_confidence, IoU 0.5, class mean"
+    ),
+    "recall_at_conf": "recall on eval_split at confidence pr_confidence, IoU 0.5, class mean",
+    "best_f1_confidence": "confidence that maximises F1 of the class-mean P and R (IoU 0.5)",
+    "precision_at_best_f1": "precision on eval_split at best_f1_confidence, IoU 0.5",
+    "recall_at_best_f1": "recall on eval_split at best_f1_confidence, IoU 0.5",
+    "val_box_loss": "box loss (1-CIoU x gain) per image on eval_split",
+    "val_obj_loss": "objectness loss (BCE x gain) per image on eval_split",
+    "val_cls_loss": "classification loss (BCE x gain) per image on eval_split",
+    "train_box_loss": "box loss, mean over the last training epoch",
+    "train_obj_loss": "objectness loss, mean over the last training epoch",
+    "train_cls_loss": "classification loss, mean over the last training epoch",
+    "eval_time_s": "time to predict eval_split (s, model forward + NMS)",
+}
+
+
+def find_cells(results_dir: str | Path) -> list[Path]:
+    """Every cell folder under ``results_dir`` with a finished evaluation."""
+    root = Path(results_dir)
+    cells = []
+    for metrics in root.glob("*/*/b*_e*/metrics.json"):
+        cell = metrics.parent
+        platform = cell.parent.parent.name
+        if platform in NOT_PLATFORMS or platform.startswith("."):
+            continue
+        if CELL_PATTERN.match(cell.name):
+            cells.append(cell)
+    return sorted(cells, key=_cell_sort_key)
+
+
+def _cell_sort_key(cell: Path) -> tuple[str, str, int, int]:
+    match = CELL_PATTERN.match(cell.name)
+    assert match is not None
+    return (cell.parent.parent.name, cell.parent.name, int(match["batch"]), int(match["epochs"]))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DetbenchError(f"{path}: missing (the cell is incomplete)") from None
+    except json.JSONDecodeError as exc:
+        raise DetbenchError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+
+
+def _last_history_row(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    with path.open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return rows[-1] if rows else {}
+
+
+def cell_row(cell: Path) -> dict[str, Any]:
+    """One summary row from a cell folder's run.json, history.csv and metrics.json."""
+    match = CELL_PATTERN.match(cell.name)
+    if match is None:
+        raise DetbenchError(f"{cell}: not a cell folder (expected b<batch>_e<epochs>)")
+    run = _read_json(cell / "run.json")
+    evaluation = _read_json(cell / "metrics.json")
+    metrics = evaluation["metrics"]
+    last = _last_history_row(cell / "history.csv")
+    row: dict[str, Any] = {
+        "platform": cell.parent.parent.name,
+        "dataset": run.get("dataset"),
+        "model": cell.parent.name,
+        "batch": int(match["batch"]),
+        "epochs": int(match["epochs"]),
+        "img_size": run.get("img_size"),
+        "weights": run.get("weights"),
+        "device": run.get("device"),
+        "device_name": run.get("device_name"),
+        "precision": run.get("precision"),
+        "train_images": run.get("train_images"),
+        "train_time_s": run.get("train_seconds"),
+        "train_images_per_s": run.get("images_per_second"),
+        "segments": run.get("segments"),
+        "eval_split": evaluation.get("split"),
+        "eval_images": evaluation.get("num_images"),
+        "map50": metrics.get("map50"),
+        "map50_95": metrics.get("map50_95"),
+        "pr_confidence": metrics.get("pr_confidence"),
+        "precision_at_conf": metrics.get("precision_at_conf"),
+        "recall_at_conf": metrics.get("recall_at_conf"),
+        "best_f1_confidence": metrics.get("best_f1_confidence"),
+        "precision_at_best_f1": metrics.get("precision_at_best_f1"),
+        "recall_at_best_f1": metrics.get("recall_at_best_f1"),
+        "val_box_loss": evaluation["val_loss"]["box"],
+        "val_obj_loss": evaluation["val_loss"]["obj"],
+        "val_cls_loss": evaluation["val_loss"]["cls"],
+        "train_box_loss": _float_or_none(last.get("train_box_loss")),
+        "train_obj_loss": _float_or_none(last.get("train_obj_loss")),
+        "train_cls_loss": _float_or_none(last.get("train_cls_loss")),
+        "eval_time_s": evaluation.get("eval_seconds"),
+    }
+    for entry in metrics.get("per_class", []):
+        row[f"ap50_{entry['name']}"] = entry.get("ap50")
+        row[f"ap50_95_{entry['name']}"] = entry.get("ap50_95")
+    return row
+
+
+def _float_or_none(value: str | None) -> float | None:
+    return float(value) if value not in (None, "") else None
+
+
+def summary_rows(cells: Iterable[Path]) -> list[dict[str, Any]]:
+    return [cell_row(cell) for cell in cells]
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    columns = list(COLUMNS)
+    for row in rows:  # per-class AP columns, in first-seen order
+        columns.extend(key for key in row if key not in columns)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: _format(row.get(key)) for key in columns})
+    return buffer.getvalue()
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return "NA"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def write_summary(cells: Iterable[Path], path: str | Path) -> list[dict[str, Any]]:
+    """Write the summary CSV and, beside it, a JSON dictionary of what each column holds."""
+    rows = summary_rows(cells)
+    atomic.write_text(path, to_csv(rows))
+    columns = {**COLUMNS}
+    for row in rows:
+        for key in row:
+            if key.startswith("ap50_95_"):
+                columns[key] = f"AP@0.5:0.95 of class {key[8:]} on eval_split"
+            elif key.startswith("ap50_"):
+                columns[key] = f"AP@0.5 of class {key[5:]} on eval_split"
+    atomic.write_json(Path(path).with_suffix(".columns.json"), columns)
+    return rows

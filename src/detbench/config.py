@@ -1,0 +1,193 @@
+"""The study configuration: JSON-schema validation with defaults, and typed views of it.
+
+The schema (``config.schema.yaml`` beside this file) holds every default and a description of
+every key; the Snakefile and the command line both validate through :func:`validate_config`, so
+a typo fails before a single job starts with one line naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from detbench.errors import DetbenchError
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+
+
+@cache
+def load_schema() -> dict[str, Any]:
+    with SCHEMA_PATH.open(encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def _validator_with_defaults() -> Any:
+    """A Draft 2020-12 validator that fills in each missing property's schema default."""
+    from jsonschema import Draft202012Validator, validators
+
+    validate_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def set_defaults(validator: Any, properties: Any, instance: Any, schema: Any) -> Iterator[Any]:
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema:
+                    instance.setdefault(name, copy.deepcopy(subschema["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    def set_additional_defaults(
+        validator: Any, additional: Any, instance: Any, schema: Any
+    ) -> Iterator[Any]:
+        # Per-model settings live under additionalProperties; a model given as `yolov3: {}` or
+        # `yolov3:` (null) gets its defaults too.
+        if isinstance(instance, dict) and isinstance(additional, dict):
+            for key, value in list(instance.items()):
+                if value is None and additional.get("type") == "object":
+                    instance[key] = copy.deepcopy(additional.get("default", {}))
+        yield from Draft202012Validator.VALIDATORS["additionalProperties"](
+            validator, additional, instance, schema
+        )
+
+    extended = validators.extend(
+        Draft202012Validator,
+        {"properties": set_defaults, "additionalProperties": set_additional_defaults},
+    )
+    return extended(load_schema())
+
+
+def _key_path(error: Any) -> str:
+    parts = []
+    for part in error.absolute_path:
+        parts.append(f"[{part}]" if isinstance(part, int) else f".{part}")
+    return "".join(parts).lstrip(".") or "(top level)"
+
+
+def _describe(error: Any) -> str:
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = set(error.schema.get("properties", {}))
+        unknown = sorted(k for k in error.instance if k not in allowed)
+        if unknown and allowed:
+            return f"unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})"
+    if error.validator == "propertyNames":
+        return f"{error.instance!r} is not a known name ({error.message.split(' is not ')[-1]})"
+    if error.validator == "not" and "enum" in error.validator_value:
+        return f"{error.instance!r} is reserved"
+    return error.message
+
+
+def validate_config(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """Validate ``config`` in place against the schema, filling in defaults; return it.
+
+    Raises DetbenchError with one line: ``<source>: key <a.b[2]>: <problem>``.
+    """
+    if not isinstance(config, dict):
+        raise DetbenchError(f"{source}: the configuration must be a mapping of keys to values")
+    validator = _validator_with_defaults()
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        # The deepest error is the most specific one (oneOf/anyOf wrap their branches).
+        error = max(errors, key=lambda e: len(e.absolute_path))
+        while error.context:
+            error = max(error.context, key=lambda e: len(e.absolute_path))
+        message = " ".join(_describe(error).split())
+        raise DetbenchError(f"{source}: key {_key_path(error)}: {message}")
+    _check_cross_field_rules(config, source)
+    return config
+
+
+def _check_cross_field_rules(config: Mapping[str, Any], source: str) -> None:
+    dataset = config["dataset"]
+    if dataset["train_split"] == dataset["eval_split"]:
+        raise DetbenchError(
+            f"{source}: key dataset.eval_split: must differ from dataset.train_split "
+            f"({dataset['train_split']!r}); evaluate on held-out images"
+        )
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read and validate a YAML config file (used by the command line and the tests)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DetbenchError(f"{path}: config file does not exist") from None
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise DetbenchError(f"{path}: not valid YAML{where}: {problem}") from None
+    return validate_config(config if config is not None else {}, source=str(path))
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """A short, stable hash of the effective configuration (for provenance records)."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainHyperparameters:
+    """The ``train:`` section of the config (see the schema for each field's meaning)."""
+
+    lr0: float = 0.01
+    lrf: float = 0.2
+    momentum: float = 0.937
+    nesterov: bool = True
+    weight_decay: float = 0.0005
+    warmup_epochs: float = 1.0
+    warmup_min_iterations: int = 0
+    warmup_momentum: float = 0.8
+    warmup_bias_lr: float = 0.1
+    box_gain: float = 0.05
+    obj_gain: float = 1.0
+    cls_gain: float = 0.5
+    anchor_threshold: float = 4.0
+    hsv_h: float = 0.015
+    hsv_s: float = 0.7
+    hsv_v: float = 0.4
+    flip_lr: float = 0.5
+    flip_ud: float = 0.0
+    translate: float = 0.1
+    scale: float = 0.5
+    ema: bool = True
+    ema_decay: float = 0.9999
+    ema_ramp_updates: float = 2000
+    workers: int | str = "auto"
+    device: str = "auto"
+    amp: bool = True
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainHyperparameters:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise DetbenchError(f"config: key train.{unknown[0]}: unknown training setting")
+        return cls(**dict(values))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """The ``evaluate:`` section of the config."""
+
+    conf_threshold: float = 0.001
+    nms_iou: float = 0.6
+    max_detections: int = 100
+    pr_confidence: float = 0.1
+    batch_size: int = 8
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> EvalSettings:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise DetbenchError(f"config: key evaluate.{unknown[0]}: unknown evaluation setting")
+        return cls(**dict(values))

@@ -1,0 +1,169 @@
+"""Evaluate one trained cell on a held-out split: detections, COCO-style metrics, losses."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from detbench import atomic
+from detbench.config import EvalSettings, TrainHyperparameters
+from detbench.data.dataset import DatasetManifest, DetectionDataset, collate
+from detbench.device import select_device, select_precision
+from detbench.inference import Detections, load_trained_model, non_max_suppression
+from detbench.loss import YoloLoss
+from detbench.metrics import (
+    ImageDetections,
+    ImageGroundTruth,
+    evaluate_detections,
+    to_coco_results,
+)
+
+log = logging.getLogger("detbench.evaluate")
+
+
+def predict_split(
+    model: torch.nn.Module,
+    dataset: DetectionDataset,
+    settings: EvalSettings,
+    hyp: TrainHyperparameters,
+    device: torch.device,
+    amp: bool = True,
+) -> tuple[dict[str, Detections], dict[str, float], float]:
+    """Detections per image (original-image pixels), mean validation losses, and seconds."""
+    precision = select_precision(device, amp)
+    loader = DataLoader(
+        dataset,
+        batch_size=settings.batch_size,
+        shuffle=False,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+    )
+    loss_fn = YoloLoss(model, hyp)
+    detections: dict[str, Detections] = {}
+    loss_sums = np.zeros(3)
+    start = time.perf_counter()
+    model.eval()
+    with torch.inference_mode():
+        for batch in loader:
+            images = batch.images.to(device, non_blocking=True).float().div_(255)
+            with torch.autocast(
+                device.type, dtype=precision.dtype, enabled=precision.dtype is not None
+            ):
+                decoded, raw = model(images)
+            _, items = loss_fn(raw, batch.targets)
+            loss_sums += np.array([items.box, items.obj, items.cls]) * len(batch.images)
+            per_image = non_max_suppression(
+                decoded,
+                conf_threshold=settings.conf_threshold,
+                iou_threshold=settings.nms_iou,
+                max_detections=settings.max_detections,
+            )
+            for image_id, placement, found in zip(
+                batch.image_ids, batch.letterboxes, per_image, strict=True
+            ):
+                detections[image_id] = _to_original_pixels(found, placement, dataset, image_id)
+    seconds = time.perf_counter() - start
+    means = loss_sums / max(len(dataset), 1)
+    losses = {"box": float(means[0]), "obj": float(means[1]), "cls": float(means[2])}
+    return detections, losses, seconds
+
+
+def _to_original_pixels(
+    found: Detections, placement: Any, dataset: DetectionDataset, image_id: str
+) -> Detections:
+    record = dataset.records[dataset.index_of(image_id)]
+    boxes = placement.to_original(found.boxes) if len(found) else found.boxes.reshape(0, 4)
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, record.width)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, record.height)
+    return Detections(boxes=boxes, scores=found.scores, classes=found.classes)
+
+
+def evaluate_cell(
+    weights_path: str | Path,
+    manifest_path: str | Path,
+    split: str,
+    settings: EvalSettings,
+    hyp: TrainHyperparameters,
+    metrics_path: str | Path,
+    detections_path: str | Path,
+    *,
+    cell: dict[str, Any] | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate a trained model on ``split``; write metrics JSON and COCO results JSON."""
+    if threads:
+        torch.set_num_threads(threads)
+    device = select_device(hyp.device)
+    model, metadata = load_trained_model(weights_path, device)
+    manifest = DatasetManifest.load(manifest_path)
+    if tuple(metadata["class_names"]) != manifest.class_names:
+        raise_mismatch(weights_path, metadata["class_names"], manifest)
+    records = manifest.records(split)
+    dataset = DetectionDataset(records, int(metadata["img_size"]))
+    detections, losses, seconds = predict_split(model, dataset, settings, hyp, device, hyp.amp)
+
+    ground_truth = {
+        r.id: ImageGroundTruth(boxes=r.boxes_xyxy(), classes=r.classes) for r in records
+    }
+    image_detections = {
+        image_id: ImageDetections(boxes=d.boxes, scores=d.scores, classes=d.classes)
+        for image_id, d in detections.items()
+    }
+    metrics = evaluate_detections(
+        ground_truth,
+        image_detections,
+        manifest.class_names,
+        pr_confidence=settings.pr_confidence,
+        max_detections=settings.max_detections,
+    )
+    image_id_map = {image_id: i + 1 for i, image_id in enumerate(sorted(ground_truth))}
+    atomic.write_json(detections_path, to_coco_results(image_detections, image_id_map))
+
+    result = {
+        "cell": cell or {},
+        "dataset": manifest.dataset,
+        "split": split,
+        "num_images": len(records),
+        "img_size": int(metadata["img_size"]),
+        "nms": {
+            "conf_threshold": settings.conf_threshold,
+            "iou_threshold": settings.nms_iou,
+            "max_detections_per_image": settings.max_detections,
+        },
+        "metrics": metrics.to_dict(),
+        "val_loss": losses,
+        "val_loss_definition": (
+            f"mean per-image training loss terms (box 1-CIoU, objectness BCE, class BCE, with "
+            f"the training gains) on the {split} split"
+        ),
+        "eval_seconds": seconds,
+        "device": str(device),
+    }
+    atomic.write_json(metrics_path, result)
+    log.info(
+        "%s split %s: mAP@0.5 %.4f  mAP@0.5:0.95 %.4f  P %.3f R %.3f at conf %.2f  (%.1f s)",
+        weights_path,
+        split,
+        metrics.map50,
+        metrics.map50_95,
+        metrics.precision_at_conf,
+        metrics.recall_at_conf,
+        settings.pr_confidence,
+        seconds,
+    )
+    return result
+
+
+def raise_mismatch(weights_path: str | Path, names: list[str], manifest: DatasetManifest) -> None:
+    from detbench.errors import DetbenchError
+
+    raise DetbenchError(
+        f"{weights_path}: trained for classes {names}, but {manifest.path} has "
+        f"{list(manifest.class_names)}"
+    )

@@ -1,0 +1,609 @@
+"""Train one cell of the study: one model at one batch size for a number of epochs.
+
+Read top to bottom: settings, the data, the model and optimizer, the learning-rate schedule,
+the epoch loop, and the checkpoint that makes a killed job resumable.
+
+A run is resumable: at the end of every epoch the full training state is written atomically to
+``resume_dir`` (outside the Snakemake rule's declared outputs, which Snakemake deletes before a
+rerun). A restarted job continues after the last complete epoch and, because every random draw
+is a function of (seed, epoch), ends with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import random
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from detbench import atomic
+from detbench.config import TrainHyperparameters
+from detbench.data.augment import AugmentSettings
+from detbench.data.dataset import DatasetManifest, DetectionDataset, collate
+from detbench.device import Precision, select_device, select_precision
+from detbench.errors import DetbenchError
+from detbench.inference import save_trained_model
+from detbench.loss import YoloLoss
+from detbench.models import build_model
+
+log = logging.getLogger("detbench.train")
+
+HISTORY_COLUMNS = (
+    "epoch",
+    "lr",
+    "train_box_loss",
+    "train_obj_loss",
+    "train_cls_loss",
+    "train_total_loss",
+    "epoch_seconds",
+    "images_per_second",
+)
+CHECKPOINTS_KEPT = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """Everything that determines one cell's result."""
+
+    model: str
+    batch_size: int
+    epochs: int
+    img_size: int = 416
+    seed: int = 0
+    weights: str = "scratch"
+    train_split: str = "train"
+    hyp: TrainHyperparameters = dataclasses.field(default_factory=TrainHyperparameters)
+
+    def fingerprint(self) -> str:
+        """Identifies settings a checkpoint may be resumed under (device choice excluded)."""
+        values = dataclasses.asdict(self)
+        for key in ("workers", "device"):
+            values["hyp"].pop(key)
+        text = json.dumps(values, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOutputs:
+    weights: Path
+    history: Path
+    record: Path
+    resume_dir: Path
+
+
+# --------------------------------------------------------------------------- data
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Yields (epoch, index) in a seeded random order per epoch.
+
+    The epoch travels with every index, so DataLoader workers (which hold their own copy of the
+    dataset) augment each sample the same way whatever the number of workers.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        for index in torch.randperm(self.size, generator=generator).tolist():
+            yield (self.epoch, index)
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class TrainingDataset(torch.utils.data.Dataset):
+    """Adapts DetectionDataset to (epoch, index) keys."""
+
+    def __init__(self, dataset: DetectionDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):  # type: ignore[no-untyped-def]
+        epoch, index = key
+        return self.dataset.sample(index, epoch=epoch)
+
+
+def resolve_workers(workers: int | str, device: torch.device) -> int:
+    if workers != "auto":
+        return int(workers)
+    if device.type != "cuda":
+        # On a CPU the model step dwarfs loading (cached images, cheap augmentation), and worker
+        # processes would compete with it for the same cores.
+        return 0
+    return min(8, os.cpu_count() or 1)
+
+
+def make_train_loader(
+    manifest: DatasetManifest, settings: TrainSettings, device: torch.device
+) -> DataLoader:
+    hyp = settings.hyp
+    augment = AugmentSettings(
+        hsv_h=hyp.hsv_h,
+        hsv_s=hyp.hsv_s,
+        hsv_v=hyp.hsv_v,
+        flip_lr=hyp.flip_lr,
+        flip_ud=hyp.flip_ud,
+        translate=hyp.translate,
+        scale=hyp.scale,
+    )
+    records = manifest.records(settings.train_split)
+    if not records:
+        raise DetbenchError(f"{manifest.path}: split {settings.train_split!r} has no images")
+    dataset = DetectionDataset(records, settings.img_size, augment=augment, seed=settings.seed)
+    workers = resolve_workers(hyp.workers, device)
+    return DataLoader(
+        TrainingDataset(dataset),
+        batch_size=settings.batch_size,
+        sampler=EpochSampler(len(dataset), settings.seed),
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        drop_last=False,
+    )
+
+
+# --------------------------------------------------------------------------- model
+
+
+def param_groups(
+    model: nn.Module,
+) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
+    """(batch-norm weights, conv weights, biases): only conv weights get weight decay."""
+    bn_weights, conv_weights, biases = [], [], []
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            bn_weights.append(module.weight)
+            biases.append(module.bias)
+        elif isinstance(module, nn.Conv2d):
+            conv_weights.append(module.weight)
+            if module.bias is not None:
+                biases.append(module.bias)
+    return bn_weights, conv_weights, biases
+
+
+def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.SGD:
+    hyp = settings.hyp
+    bn_weights, conv_weights, biases = param_groups(model)
+    # The loss is summed over the batch, so gradients grow with the batch size; decay scales
+    # with it to keep the same balance (the 2020 recipe's nominal batch is 64).
+    weight_decay = hyp.weight_decay * settings.batch_size / 64
+    optimizer = torch.optim.SGD(
+        [
+            {"params": bn_weights, "weight_decay": 0.0, "name": "bn_weights"},
+            {"params": conv_weights, "weight_decay": weight_decay, "name": "weights"},
+            {"params": biases, "weight_decay": 0.0, "name": "biases"},
+        ],
+        lr=hyp.lr0,
+        momentum=hyp.momentum,
+        nesterov=hyp.nesterov,
+    )
+    for group in optimizer.param_groups:
+        group["initial_lr"] = hyp.lr0
+    return optimizer
+
+
+class ModelEMA:
+    """Exponential moving average of the weights (parameters and BN statistics)."""
+
+    def __init__(self, model: nn.Module, decay: float, ramp_updates: float) -> None:
+        self.model = copy.deepcopy(model).eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.decay = decay
+        self.ramp_updates = ramp_updates
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        decay = self.decay * (1 - math.exp(-self.updates / self.ramp_updates))
+        source = model.state_dict()
+        for name, value in self.model.state_dict().items():
+            if value.dtype.is_floating_point:
+                value.mul_(decay).add_(source[name].detach(), alpha=1 - decay)
+            else:
+                value.copy_(source[name])
+
+
+def cosine_factor(epoch: int, epochs: int, lrf: float) -> float:
+    """Cosine decay from 1 at epoch 0 towards lrf at the last epoch."""
+    return ((1 + math.cos(math.pi * epoch / epochs)) / 2) * (1 - lrf) + lrf
+
+
+def set_learning_rate(
+    optimizer: torch.optim.SGD,
+    hyp: TrainHyperparameters,
+    step: int,
+    warmup_steps: int,
+    epoch: int,
+    epochs: int,
+) -> None:
+    """Warm-up (linear, per step) into the per-epoch cosine schedule."""
+    target = hyp.lr0 * cosine_factor(epoch, epochs, hyp.lrf)
+    for group in optimizer.param_groups:
+        if step < warmup_steps:
+            start = hyp.warmup_bias_lr if group["name"] == "biases" else 0.0
+            fraction = step / warmup_steps
+            group["lr"] = start + (target - start) * fraction
+            group["momentum"] = (
+                hyp.warmup_momentum + (hyp.momentum - hyp.warmup_momentum) * fraction
+            )
+        else:
+            group["lr"] = target
+            group["momentum"] = hyp.momentum
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _checkpoint_path(resume_dir: Path, epoch: int) -> Path:
+    return resume_dir / f"epoch-{epoch:05d}.pt"
+
+
+def save_checkpoint(resume_dir: Path, state: dict[str, Any]) -> None:
+    """Write the state atomically, with its sha256 beside it, and keep the last two."""
+    path = _checkpoint_path(resume_dir, state["epoch"])
+    atomic.torch_save(state, path)
+    atomic.write_text(path.with_suffix(".sha256"), _sha256(path) + "\n")
+    checkpoints = sorted(resume_dir.glob("epoch-*.pt"))
+    for old in checkpoints[:-CHECKPOINTS_KEPT]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".sha256").unlink(missing_ok=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_latest_checkpoint(resume_dir: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The newest intact checkpoint written under the same settings, if any.
+
+    A checkpoint whose bytes do not match its recorded sha256, or that does not load, is
+    reported and skipped in favour of the one before it.
+    """
+    for path in sorted(resume_dir.glob("epoch-*.pt"), reverse=True):
+        recorded = path.with_suffix(".sha256")
+        try:
+            if not recorded.exists() or recorded.read_text().strip() != _sha256(path):
+                log.warning("checkpoint %s is damaged (sha256 mismatch); trying an older one", path)
+                continue
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # a damaged file may fail in many ways
+            log.warning("checkpoint %s does not load (%s); trying an older one", path, exc)
+            continue
+        if state.get("fingerprint") != fingerprint:
+            log.warning("checkpoint %s was written under other settings; starting afresh", path)
+            return None
+        return state
+    return None
+
+
+def _rng_states() -> dict[str, Any]:
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _restore_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_training_model(settings: TrainSettings, num_classes: int) -> nn.Module:
+    torch.manual_seed(settings.seed)
+    model = build_model(settings.model, num_classes=num_classes)
+    model.initialize_biases()
+    if settings.weights != "scratch":
+        from detbench.models.pretrained import load_pretrained
+
+        report = load_pretrained(model, settings.weights)
+        log.info("starting weights %s: %s", settings.weights, report.summary())
+    return model
+
+
+def _progress(total: int, epoch: int, epochs: int) -> Any:
+    from tqdm import tqdm
+
+    # A bar on a terminal; in a Snakemake log file the per-epoch lines say the same.
+    return tqdm(
+        total=total,
+        desc=f"epoch {epoch + 1}/{epochs}",
+        disable=not sys.stderr.isatty(),
+        leave=False,
+        unit="batch",
+    )
+
+
+def train(
+    settings: TrainSettings,
+    manifest_path: str | Path,
+    outputs: TrainOutputs,
+    *,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Train one cell; write weights, history and the run record; return the record."""
+    job_start = time.perf_counter()
+    if threads:
+        torch.set_num_threads(threads)
+    device = select_device(settings.hyp.device)
+    precision = select_precision(device, settings.hyp.amp)
+    manifest = DatasetManifest.load(manifest_path)
+    seed_everything(settings.seed)
+    loader = make_train_loader(manifest, settings, device)
+    num_images = len(loader.dataset)
+    steps_per_epoch = len(loader)
+
+    model = build_training_model(settings, len(manifest.class_names)).to(device)
+    optimizer = make_optimizer(model, settings)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision.use_scaler)
+    ema = (
+        ModelEMA(model, settings.hyp.ema_decay, settings.hyp.ema_ramp_updates)
+        if settings.hyp.ema
+        else None
+    )
+    loss_fn = YoloLoss(model, settings.hyp)
+    warmup_steps = max(
+        round(settings.hyp.warmup_epochs * steps_per_epoch), settings.hyp.warmup_min_iterations
+    )
+
+    start_epoch, history, elapsed_before, segments = 0, [], 0.0, 1
+    fingerprint = settings.fingerprint()
+    checkpoint = load_latest_checkpoint(outputs.resume_dir, fingerprint)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        if ema is not None:
+            ema.model.load_state_dict(checkpoint["ema"])
+            ema.updates = checkpoint["ema_updates"]
+        _restore_rng_states(checkpoint["rng"])
+        start_epoch = checkpoint["epoch"]
+        history = checkpoint["history"]
+        elapsed_before = checkpoint["train_seconds"]
+        segments = checkpoint["segments"] + 1
+        log.info(
+            "resuming %s after epoch %d (segment %d)", outputs.resume_dir, start_epoch, segments
+        )
+
+    log.info(
+        "training %s b%d e%d on %s (%s), %d images, %d steps/epoch, %d loader workers",
+        settings.model,
+        settings.batch_size,
+        settings.epochs,
+        device,
+        precision.name,
+        num_images,
+        steps_per_epoch,
+        loader.num_workers,
+    )
+    train_seconds = elapsed_before
+    for epoch in range(start_epoch, settings.epochs):
+        row = train_one_epoch(
+            model,
+            ema,
+            loader,
+            optimizer,
+            scaler,
+            loss_fn,
+            settings,
+            precision,
+            device,
+            epoch,
+            warmup_steps,
+        )
+        history.append(row)
+        train_seconds += row["epoch_seconds"]
+        log.info(
+            "epoch %d/%d  box %.4f  obj %.4f  cls %.4f  lr %.5f  %.1f s  %.1f img/s",
+            epoch + 1,
+            settings.epochs,
+            row["train_box_loss"],
+            row["train_obj_loss"],
+            row["train_cls_loss"],
+            row["lr"],
+            row["epoch_seconds"],
+            row["images_per_second"],
+        )
+        save_checkpoint(
+            outputs.resume_dir,
+            {
+                "epoch": epoch + 1,
+                "fingerprint": fingerprint,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "ema": ema.model.state_dict() if ema is not None else None,
+                "ema_updates": ema.updates if ema is not None else 0,
+                "rng": _rng_states(),
+                "history": history,
+                "train_seconds": train_seconds,
+                "segments": segments,
+            },
+        )
+
+    final_model = ema.model if ema is not None else model
+    record = {
+        "model": settings.model,
+        "batch_size": settings.batch_size,
+        "epochs": settings.epochs,
+        "img_size": settings.img_size,
+        "seed": settings.seed,
+        "weights": settings.weights,
+        "dataset": manifest.dataset,
+        "train_split": settings.train_split,
+        "train_images": num_images,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "precision": precision.name,
+        "torch_threads": torch.get_num_threads(),
+        "loader_workers": loader.num_workers,
+        "train_seconds": train_seconds,
+        "images_per_second": settings.epochs * num_images / train_seconds
+        if train_seconds
+        else None,
+        "job_seconds_this_segment": time.perf_counter() - job_start,
+        "segments": segments,
+        "settings_fingerprint": fingerprint,
+        "hyperparameters": dataclasses.asdict(settings.hyp),
+    }
+    save_trained_model(
+        outputs.weights,
+        final_model,
+        {
+            "model": settings.model,
+            "class_names": list(manifest.class_names),
+            "img_size": settings.img_size,
+            "dataset": manifest.dataset,
+            "epochs": settings.epochs,
+            "batch_size": settings.batch_size,
+            "ema": ema is not None,
+        },
+    )
+    write_history(outputs.history, history)
+    atomic.write_json(outputs.record, record)
+    _remove_checkpoints(outputs.resume_dir)
+    return record
+
+
+def train_one_epoch(
+    model: nn.Module,
+    ema: ModelEMA | None,
+    loader: DataLoader,
+    optimizer: torch.optim.SGD,
+    scaler: torch.amp.GradScaler,
+    loss_fn: YoloLoss,
+    settings: TrainSettings,
+    precision: Precision,
+    device: torch.device,
+    epoch: int,
+    warmup_steps: int,
+) -> dict[str, float]:
+    model.train()
+    loader.sampler.set_epoch(epoch)
+    steps_per_epoch = len(loader)
+    sums = np.zeros(3)
+    images_seen = 0
+    start = time.perf_counter()
+    with _progress(steps_per_epoch, epoch, settings.epochs) as bar:
+        for step_in_epoch, batch in enumerate(loader):
+            step = epoch * steps_per_epoch + step_in_epoch
+            set_learning_rate(optimizer, settings.hyp, step, warmup_steps, epoch, settings.epochs)
+            images = batch.images.to(device, non_blocking=True).float().div_(255)
+            with torch.autocast(
+                device.type, dtype=precision.dtype, enabled=precision.dtype is not None
+            ):
+                raw = model(images)
+            loss, items = loss_fn(raw, batch.targets)
+            if not math.isfinite(float(loss.detach())):
+                raise DetbenchError(
+                    f"training {settings.model} b{settings.batch_size}: loss became {float(loss)} "
+                    f"at epoch {epoch + 1}, step {step_in_epoch + 1}; lower train.lr0"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            if ema is not None:
+                ema.update(model)
+            sums += (items.box, items.obj, items.cls)
+            images_seen += len(batch.images)
+            bar.update(1)
+            bar.set_postfix(loss=f"{items.total:.3f}")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    means = sums / max(steps_per_epoch, 1)
+    return {
+        "epoch": epoch + 1,
+        "lr": optimizer.param_groups[1]["lr"],
+        "train_box_loss": float(means[0]),
+        "train_obj_loss": float(means[1]),
+        "train_cls_loss": float(means[2]),
+        "train_total_loss": float(means.sum()),
+        "epoch_seconds": seconds,
+        "images_per_second": images_seen / seconds if seconds > 0 else float("nan"),
+    }
+
+
+def write_history(path: Path, history: list[dict[str, float]]) -> None:
+    lines = [",".join(HISTORY_COLUMNS)]
+    for row in history:
+        lines.append(",".join(_format_value(row[column]) for column in HISTORY_COLUMNS))
+    atomic.write_text(path, "\n".join(lines) + "\n")
+
+
+def _format_value(value: float | int) -> str:
+    return str(value) if isinstance(value, int) else f"{value:.6g}"
+
+
+def _remove_checkpoints(resume_dir: Path) -> None:
+    # The final weights are written; the (large) resume state has served its purpose.
+    for path in resume_dir.glob("epoch-*"):
+        path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty: something else lives there
+        resume_dir.rmdir()
+
+
+def train_settings_from_config(
+    config: dict[str, Any], *, model: str, batch_size: int, epochs: int
+) -> TrainSettings:
+    """Settings of one cell from the workflow's per-cell config (see rules/common.smk)."""
+    return TrainSettings(
+        model=model,
+        batch_size=batch_size,
+        epochs=epochs,
+        img_size=int(config["img_size"]),
+        seed=int(config["seed"]),
+        weights=str(config.get("weights", "scratch")),
+        train_split=str(config["dataset"]["train_split"]),
+        hyp=TrainHyperparameters.from_dict(config["train"]),
+    )

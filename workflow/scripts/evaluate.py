@@ -1,0 +1,29 @@
+"""Rule evaluate: metrics of one trained cell on the held-out split."""
+
+import sys
+from pathlib import Path
+
+# detbench from this checkout, also where it is not installed (e.g. a conda env of its own).
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+
+from detbench.config import EvalSettings, TrainHyperparameters
+from detbench.evaluate import evaluate_cell
+from detbench.workflow import run_rule
+
+
+def main() -> None:
+    config = snakemake.params.config
+    evaluate_cell(
+        snakemake.input.weights,
+        Path(snakemake.input.dataset) / "manifest.json",
+        config["dataset"]["eval_split"],
+        EvalSettings.from_dict(config["evaluate"]),
+        TrainHyperparameters.from_dict(config["train"]),
+        snakemake.output.metrics,
+        snakemake.output.detections,
+        cell=dict(snakemake.wildcards),
+        threads=snakemake.threads,
+    )
+
+
+run_rule(snakemake, main)

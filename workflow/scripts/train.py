@@ -1,0 +1,30 @@
+"""Rule train: train one cell {model, batch, epochs}."""
+
+import sys
+from pathlib import Path
+
+# detbench from this checkout, also where it is not installed (e.g. a conda env of its own).
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+
+from detbench.train import TrainOutputs, train, train_settings_from_config
+from detbench.workflow import run_rule
+
+
+def main() -> None:
+    settings = train_settings_from_config(
+        snakemake.params.config,
+        model=snakemake.wildcards.model,
+        batch_size=int(snakemake.wildcards.batch),
+        epochs=int(snakemake.wildcards.epochs),
+    )
+    outputs = TrainOutputs(
+        weights=Path(snakemake.output.weights),
+        history=Path(snakemake.output.history),
+        record=Path(snakemake.output.record),
+        resume_dir=Path(snakemake.params.resume_dir),
+    )
+    manifest = Path(snakemake.input.dataset) / "manifest.json"
+    train(settings, manifest, outputs, threads=snakemake.threads)
+
+
+run_rule(snakemake, main)
