@@ -1,0 +1,226 @@
+"""The ``detbench`` command line: one sub-command per task (``detbench serve``, ...).
+
+To add a sub-command, write ``add_<name>_command(subparsers)`` that creates its parser and sets
+``handler`` (a function taking the parsed arguments and returning an exit status), and list it
+in :data:`COMMANDS`. Handlers import heavy modules (torch, Flask) themselves, so ``detbench
+--help`` stays instant. A :class:`DetbenchError` from any handler is printed as one line and
+exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from detbench import __version__
+from detbench.errors import DetbenchError
+
+if TYPE_CHECKING:
+    from detbench.web.settings import WebConfig
+
+log = logging.getLogger("detbench.cli")
+
+Subparsers = Any  # argparse's _SubParsersAction, which it does not export
+
+
+# --------------------------------------------------------------------------------------------
+# detbench serve
+# --------------------------------------------------------------------------------------------
+
+
+def add_serve_command(subparsers: Subparsers) -> None:
+    from detbench.web.settings import COCO_IMG_SIZE, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB
+
+    parser = subparsers.add_parser(
+        "serve",
+        help="web app: upload an image, count blood cells or detect common objects",
+        description=(
+            "Serve the inference web app (page at /, JSON API POST /api/detect, GET /healthz). "
+            "Give the blood-cell model (--bccd-model or --results) and/or the COCO weights; a "
+            "model file that does not exist is left out and the page says so."
+        ),
+    )
+    bccd = parser.add_mutually_exclusive_group()
+    bccd.add_argument(
+        "--bccd-model",
+        type=Path,
+        metavar="PATH",
+        help="a trained cell's weights.pt (e.g. results/<platform>/yolov3/b8_e20/weights.pt)",
+    )
+    bccd.add_argument(
+        "--results",
+        type=Path,
+        metavar="DIR",
+        help="serve the best blood-cell cell by mAP@0.5 in DIR/summary.csv (any platform)",
+    )
+    parser.add_argument(
+        "--coco-weights",
+        type=Path,
+        metavar="PATH",
+        help="official Darknet yolov3.weights or yolov3-tiny.weights (told apart by size)",
+    )
+    parser.add_argument(
+        "--coco-img-size",
+        type=_multiple_of_32,
+        default=COCO_IMG_SIZE,
+        metavar="PX",
+        help=f"input size for the COCO model (multiple of 32; default {COCO_IMG_SIZE})",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
+    parser.add_argument(
+        "--device", default="auto", help="auto (first GPU if any, else CPU), cpu, cuda, cuda:1"
+    )
+    parser.add_argument(
+        "--max-upload-mb",
+        type=_positive_float,
+        default=DEFAULT_MAX_UPLOAD_MB,
+        metavar="MB",
+        help=f"largest request accepted, MiB (default {DEFAULT_MAX_UPLOAD_MB:g}; larger: 413)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help=f"largest image accepted, width x height (default {DEFAULT_MAX_PIXELS:,})",
+    )
+    parser.set_defaults(handler=run_serve)
+
+
+def serve_config(args: argparse.Namespace) -> WebConfig:
+    """The WebConfig for parsed ``serve`` arguments (picks the best cell for --results)."""
+    from detbench.web.registry import best_bccd_cell
+    from detbench.web.settings import WebConfig
+
+    bccd_model, origin = args.bccd_model, None
+    if args.results is not None:
+        best = best_bccd_cell(args.results)
+        bccd_model, origin = best.weights, best.describe()
+        log.info("--results %s: picked the %s: %s", args.results, best.describe(), best.weights)
+    if bccd_model is None and args.coco_weights is None:
+        raise DetbenchError(
+            "detbench serve: give --bccd-model PATH, --results DIR and/or --coco-weights PATH"
+        )
+    return WebConfig(
+        bccd_model=bccd_model,
+        bccd_origin=origin,
+        coco_weights=args.coco_weights,
+        coco_img_size=args.coco_img_size,
+        device=args.device,
+        max_upload_mb=args.max_upload_mb,
+        max_pixels=args.max_pixels,
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from werkzeug.serving import make_server
+
+    from detbench.web.app import create_app
+
+    app = create_app(serve_config(args))
+    try:
+        # Threaded: uploads and decoding proceed in parallel; each model runs one image at a
+        # time (see detbench.web.registry.ServedModel).
+        server = make_server(args.host, args.port, app, threaded=True)
+    except OSError as error:
+        raise DetbenchError(
+            f"--host/--port: cannot listen on {args.host}:{args.port} ({error.strerror})"
+        ) from None
+    if threading.current_thread() is threading.main_thread():
+        # Kubernetes and Docker stop a container with SIGTERM: leave as on Ctrl-C (exit 0).
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    shown_host = f"[{args.host}]" if ":" in args.host else args.host
+    log.info("serving on http://%s:%d/ (Ctrl-C to stop)", shown_host, server.server_port)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        log.info("stopped")
+    finally:
+        server.server_close()
+    return 0
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+# --------------------------------------------------------------------------------------------
+# Argument types
+# --------------------------------------------------------------------------------------------
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text) if text != "0" else 0
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be 0..65535, got {text}")
+    return value
+
+
+def _multiple_of_32(text: str) -> int:
+    value = _positive_int(text)
+    if value % 32:
+        raise argparse.ArgumentTypeError(f"must be a multiple of 32, got {text}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+COMMANDS: list[Callable[[Subparsers], None]] = [add_serve_command]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="detbench",
+        description="Benchmark YOLOv3 / YOLOv3-tiny training and serve the trained models.",
+    )
+    parser.add_argument("--version", action="version", version=f"detbench {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages too")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add_command in COMMANDS:
+        add_command(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from detbench.workflow import configure_logging
+
+    configure_logging(level=logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        return int(args.handler(args))
+    except DetbenchError as error:
+        print(f"detbench error: {error}", file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""The Flask app: the upload page, ``POST /api/detect`` and ``GET /healthz``.
+
+Uploads are parsed into memory (never a temporary file, let alone one named after the user's
+file) and bounded by ``MAX_CONTENT_LENGTH``; images are decoded with a pixel limit checked
+from the header first (:mod:`detbench.web.images`).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import time
+from typing import IO, Any
+
+import torch
+from flask import Flask, Request, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+
+from detbench.device import select_device
+from detbench.errors import DetbenchError
+from detbench.web.draw import annotate, png_data_url
+from detbench.web.images import ImageRejected, decode_image
+from detbench.web.registry import (
+    BLOOD_CELL_CLASSES,
+    MODEL_KEYS,
+    ModelRegistry,
+    ModelUnavailable,
+)
+from detbench.web.settings import MIN_CONFIDENCE, WebConfig
+
+log = logging.getLogger("detbench.web")
+
+
+class InMemoryRequest(Request):
+    """Werkzeug spools file parts over 500 kB to a temporary file; keep them in memory instead
+    (MAX_CONTENT_LENGTH bounds their size)."""
+
+    def _get_file_stream(
+        self,
+        total_content_length: int | None,
+        content_type: str | None,
+        filename: str | None = None,
+        content_length: int | None = None,
+    ) -> IO[bytes]:
+        return io.BytesIO()
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def create_app(config: WebConfig, registry: ModelRegistry | None = None) -> Flask:
+    """The app for ``config``; models are loaded here, once (unless ``registry`` is given)."""
+    if registry is None:
+        registry = ModelRegistry.from_files(
+            resolve_device(config.device),
+            bccd_model=config.bccd_model,
+            bccd_origin=config.bccd_origin,
+            coco_weights=config.coco_weights,
+            coco_img_size=config.coco_img_size,
+        )
+    app = Flask(__name__)
+    app.request_class = InMemoryRequest
+    app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes
+    app.extensions["detbench"] = {"config": config, "registry": registry}
+
+    @app.after_request
+    def security_headers(response: Any) -> Any:
+        # Everything the page loads is its own; the annotated image is a data: URL.
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+            "base-uri 'none'; frame-ancestors 'none'"
+        )
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    @app.get("/")
+    def index() -> str:
+        return render_template(
+            "index.html",
+            slots={key: registry.slots[key].info() for key in MODEL_KEYS},
+            blood_cell_classes=",".join(BLOOD_CELL_CLASSES),
+            config=config,
+            device=str(registry.device),
+        )
+
+    @app.get("/healthz")
+    def healthz() -> Any:
+        available = registry.available()
+        body = {
+            "status": "ok" if available else "no model loaded",
+            "device": str(registry.device),
+            "models": {key: slot.info() for key, slot in registry.slots.items()},
+            "limits": {
+                "max_upload_bytes": config.max_upload_bytes,
+                "max_pixels": config.max_pixels,
+            },
+        }
+        return jsonify(body), 200 if available else 503
+
+    @app.post("/api/detect")
+    def detect() -> Any:
+        started = time.perf_counter()
+        key = request.form.get("model") or (registry.available() or ["bccd"])[0]
+        try:
+            served = registry.get(key)
+        except ModelUnavailable as error:
+            raise ApiError(400, str(error)) from None
+        confidence = _parse_confidence(request.form.get("confidence"), config.default_confidence)
+        upload = request.files.get("image")
+        if upload is None:
+            raise ApiError(400, "no file in the form field 'image'")
+        try:
+            image = decode_image(upload.read(), config.max_pixels)
+        except ImageRejected as error:
+            raise ApiError(400, f"image: {error}") from None
+        prediction = served.predict(image, confidence, config.inference)
+        body: dict[str, Any] = {
+            "model": key,
+            "architecture": served.architecture,
+            "width": prediction.width,
+            "height": prediction.height,
+            "confidence": confidence,
+            "nms_iou": config.inference.nms_iou,
+            "detections": prediction.detection_list(),
+            "counts": prediction.counts(),
+            "inference_ms": round(prediction.inference_ms, 2),
+        }
+        if _truthy(request.form.get("annotate")):
+            labels = [
+                f"{label} {score:.2f}"
+                for label, score in zip(
+                    prediction.labels(), prediction.detections.scores, strict=True
+                )
+            ]
+            drawn = annotate(
+                image, prediction.detections.boxes, labels, prediction.detections.classes
+            )
+            body["annotated_image"] = png_data_url(drawn)
+            body["annotated_size"] = [drawn.shape[1], drawn.shape[0]]
+        body["total_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        log.info(
+            "%s on %dx%d at confidence %g: %d detections, inference %.0f ms, total %.0f ms",
+            key,
+            prediction.width,
+            prediction.height,
+            confidence,
+            len(prediction.detections),
+            prediction.inference_ms,
+            body["total_ms"],
+        )
+        return jsonify(body)
+
+    @app.errorhandler(ApiError)
+    def api_error(error: ApiError) -> Any:
+        return jsonify({"error": error.message}), error.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Any:
+        status = error.code or 500
+        if status == 413:
+            message = (
+                f"upload too large: at most {config.max_upload_mb:g} MiB "
+                f"({config.max_upload_bytes:,} bytes) per request"
+            )
+        else:
+            message = error.description or error.name
+        if request.path.startswith("/api/") or status == 413:
+            return jsonify({"error": message}), status
+        return error
+
+    return app
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``--device``: auto, cpu, cuda, cuda:N; a one-line error naming the option otherwise."""
+    try:
+        device = torch.device(requested) if requested != "auto" else None
+    except RuntimeError:
+        raise DetbenchError(
+            f"--device {requested}: not a device name (auto, cpu, cuda, cuda:N)"
+        ) from None
+    if device is not None and device.type == "cuda" and not torch.cuda.is_available():
+        raise DetbenchError(f"--device {requested}: no CUDA GPU here (use --device auto or cpu)")
+    return select_device(requested)
+
+
+def _parse_confidence(raw: str | None, default: float) -> float:
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError(400, f"confidence: {raw[:40]!r} is not a number") from None
+    if not math.isfinite(value) or not MIN_CONFIDENCE <= value <= 1:
+        raise ApiError(400, f"confidence: must be between {MIN_CONFIDENCE} and 1, got {raw[:40]}")
+    return value
+
+
+def _truthy(raw: str | None) -> bool:
+    return (raw or "").strip().lower() in ("1", "true", "yes", "on")

@@ -1,0 +1,67 @@
+"""Decoding uploaded images safely, in memory, with a limit on their pixel count.
+
+Pillow reads an image's dimensions from its header without decoding the pixels, so an image
+that would decode to more pixels than allowed (a "decompression bomb": a few kB of PNG or JPEG
+that expand to gigabytes) is refused before any pixel memory is allocated. OpenCV has no such
+header-only call, which is why Pillow does the decoding here.
+
+The decoded image is handed on as a BGR uint8 array, exactly what ``cv2.imread`` gives the
+evaluation (:func:`detbench.data.dataset.read_image`): EXIF orientation is applied as OpenCV
+does, and both libraries decode baseline JPEG with libjpeg-turbo's defaults (identical pixels
+on BCCD; a test checks it), so the app sees the image the evaluation would.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Formats a browser or a microscope camera produces; anything else is refused before Pillow
+# tries its long list of exotic decoders on untrusted bytes.
+ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP")
+
+
+class ImageRejected(ValueError):
+    """An upload that is not an image we can process; the message is shown to the user."""
+
+
+def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+    """Decode ``data`` to a BGR uint8 array (H, W, 3); raise :class:`ImageRejected` for
+    empty, non-image, corrupt or truncated data and for images over ``max_pixels`` pixels.
+
+    Only the first frame of an animated GIF/WebP or multi-page TIFF is used.
+    """
+    if not data:
+        raise ImageRejected("the uploaded file is empty")
+    try:
+        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except Image.DecompressionBombError:
+        # Pillow's own guard (2 x Image.MAX_IMAGE_PIXELS) fired while reading the header.
+        raise ImageRejected(_too_many_pixels(None, None, max_pixels)) from None
+    except Exception:
+        # Image.open only parses the header; any failure means "not an image we read".
+        raise ImageRejected(
+            f"not a supported image (expected one of {', '.join(ALLOWED_FORMATS)})"
+        ) from None
+    with image:
+        width, height = image.size
+        if width < 1 or height < 1:
+            raise ImageRejected(f"the image has no pixels ({width}x{height})")
+        if width * height > max_pixels:
+            raise ImageRejected(_too_many_pixels(width, height, max_pixels))
+        try:
+            image.load()  # decodes; truncated data raises (ImageFile.LOAD_TRUNCATED_IMAGES off)
+            upright = ImageOps.exif_transpose(image)
+            rgb = upright.convert("RGB")
+        except Exception as error:
+            # Decoders report damage in many ways (OSError, SyntaxError, ValueError,
+            # struct.error, ...); all of them mean the same thing to the user.
+            raise ImageRejected(f"corrupt or truncated {image.format} image ({error})") from None
+    return np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
+
+
+def _too_many_pixels(width: int | None, height: int | None, max_pixels: int) -> str:
+    size = "" if width is None else f" ({width}x{height} = {width * height:,} pixels)"
+    return f"the image is too large{size}: at most {max_pixels:,} pixels are accepted"
