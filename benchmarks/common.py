@@ -1,0 +1,95 @@
+"""Shared pieces of the benchmark scripts: data to run on, the device, printing tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+import torch  # noqa: E402
+
+from detbench.data.prepare import convert_dataset, prepare_voc_dataset  # noqa: E402
+
+BCCD_DEFAULT = REPO.parent / "shared" / "data" / "bccd"
+
+
+def bccd_directory() -> Path | None:
+    """The real BCCD (VOC layout) from DETBENCH_BCCD_DIR or ../shared/data/bccd, if present."""
+    path = Path(os.environ.get("DETBENCH_BCCD_DIR", BCCD_DEFAULT))
+    return path if (path / "Annotations").is_dir() else None
+
+
+def prepare_manifest(work: Path, *, synthetic_fallback: bool = True) -> tuple[Path, str]:
+    """Convert BCCD (or, without it, a synthetic dataset of BCCD's size) under ``work``;
+    return the manifest path and a description of the data."""
+    source = bccd_directory()
+    if source is None and not synthetic_fallback:
+        raise SystemExit(
+            f"BCCD not found at {BCCD_DEFAULT}: set DETBENCH_BCCD_DIR to a VOC copy of it"
+        )
+    dataset: dict[str, Any] = {
+        "name": "bccd" if source else "synthetic",
+        "source": str(source) if source else "synthetic",
+        "classes": ["RBC", "WBC", "Platelets"],
+        "train_split": "train",
+        "eval_split": "test",
+        "synthetic": {"train": 205, "val": 87, "test": 72, "width": 640, "height": 480},
+    }
+    voc, yolo = work / "voc", work / "yolo"
+    if not (yolo / "manifest.json").exists():
+        prepare_voc_dataset(dataset, voc, seed=0)
+        convert_dataset(dataset, voc, yolo)
+    label = f"BCCD ({source})" if source else "synthetic, BCCD-sized (BCCD not found)"
+    return yolo / "manifest.json", label
+
+
+def work_dir(name: str) -> Path:
+    path = Path(tempfile.gettempdir()) / "detbench-benchmarks" / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": str(device),
+        "device_name": device_description(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[_fmt(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    print("  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)))
+    for row in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
+    return str(value)
+
+
+def write_json(path: str | None, payload: dict[str, Any]) -> None:
+    if path:
+        Path(path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {path}")

@@ -1,0 +1,14 @@
+"""Profiling a cell the way the 2020 study did (/usr/bin/time -v, nvprof), with today's tools.
+
+- :mod:`.resources`: wall, user and system seconds, % CPU and max RSS of the train job;
+- :mod:`.nvml`: GPU telemetry sampled through NVML (utilisation, memory, power, energy...);
+- :mod:`.monitor`: both, for a train job, kept across resumed segments;
+- :mod:`.provenance`: host, GPU, driver, CUDA, torch, git commit, config hash, seed;
+- :mod:`.kernels`: the profile stage, torch.profiler over a few training steps (imported on
+  its own: it builds on detbench.train, which imports this package).
+"""
+
+from detbench.profiling.monitor import GPU_SAMPLES_CSV, TrainMonitor
+from detbench.profiling.provenance import cell_provenance, run_provenance
+
+__all__ = ["GPU_SAMPLES_CSV", "TrainMonitor", "cell_provenance", "run_provenance"]

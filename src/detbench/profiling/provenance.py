@@ -1,0 +1,128 @@
+"""Where and with what a cell ran: host, platform label, GPU, driver, CUDA, torch, Python, the
+project's git commit, the hash of the effective config and the seed."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform as platform_module
+import re
+import socket
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import detbench
+from detbench.config import config_hash
+
+PACKAGE_DIR = Path(detbench.__file__).resolve().parent
+
+
+def _git(*args: str) -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "--no-optional-locks", "-C", str(PACKAGE_DIR), *args],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout if result.returncode == 0 else None
+
+
+def git_state() -> tuple[str, bool | None]:
+    """(commit of the checkout detbench runs from, or "unknown"; uncommitted changes to tracked
+    files, or None where unknown). Reads only: no index refresh (--no-optional-locks)."""
+    commit = _git("rev-parse", "HEAD")
+    if commit is None:
+        return "unknown", None
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return commit.strip(), None if status is None else bool(status.strip())
+
+
+def run_provenance(
+    *,
+    platform: str | None,
+    device: torch.device,
+    seed: int,
+    config: Mapping[str, Any],
+    config_source: str,
+    gpu: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The provenance block of a run record.
+
+    ``config``: the effective configuration the job ran under, hashed with
+    :func:`detbench.config.config_hash`; ``config_source`` says what it is. ``gpu``: NVML's
+    name / driver / CUDA driver version where known.
+    """
+    gpu = gpu or {}
+    commit, dirty = git_state()
+    gpu_name = gpu.get("name")
+    if gpu_name is None and device.type == "cuda":
+        gpu_name = torch.cuda.get_device_name(device)
+    return {
+        "host": socket.gethostname(),
+        "platform": platform,
+        "device": str(device),
+        "gpu_name": gpu_name,
+        "gpu_driver_version": gpu.get("driver_version"),
+        "cuda_driver_version": gpu.get("cuda_driver_version"),
+        "cuda_runtime_version": torch.version.cuda,
+        "cudnn_version": torch.backends.cudnn.version()
+        if torch.backends.cudnn.is_available()
+        else None,
+        "torch_version": torch.__version__,
+        "python_version": platform_module.python_version(),
+        "os": platform_module.platform(),
+        "cpu": platform_module.processor() or platform_module.machine(),
+        "cpu_count": os.cpu_count(),
+        "detbench_version": getattr(detbench, "__version__", None),
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "config_hash": config_hash(config),
+        "config_hashed": config_source,
+        "seed": seed,
+    }
+
+
+def cell_provenance(
+    settings: Any,
+    device: torch.device,
+    gpu: Mapping[str, Any] | None,
+    platform: str | None,
+    config: Mapping[str, Any] | None,
+    record_path: str | Path,
+) -> dict[str, Any]:
+    """Provenance of a train job (``settings``: its TrainSettings).
+
+    Without ``platform`` the label is read from the cell's path, results/{platform}/{model}/
+    b{batch}_e{epochs}/run.json, where it has that shape. Without ``config`` (the cell's config
+    dict as the train rule's params pass it) the hash covers the train settings instead, every
+    value that determines the cell's training; ``config_hashed`` says which.
+    """
+    if platform is None:
+        platform = platform_from_cell_path(record_path)
+    if config is not None:
+        hashed, source = config, "cell config"
+    else:
+        hashed, source = dataclasses.asdict(settings), "train settings"
+    return run_provenance(
+        platform=platform,
+        device=device,
+        seed=settings.seed,
+        config=hashed,
+        config_source=source,
+        gpu=gpu,
+    )
+
+
+def platform_from_cell_path(path: str | Path) -> str | None:
+    cell = Path(path).parent
+    if re.fullmatch(r"b\d+_e\d+", cell.name) and cell.parent.parent.name:
+        return cell.parent.parent.name
+    return None
