@@ -19,14 +19,20 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
+include: "rules/profile.smk"
 include: "rules/evaluate.smk"
 include: "rules/aggregate.smk"
+include: "rules/report.smk"
 
 
 rule all:
     default_target: True
     input:
         "results/summary.csv",
+        report_targets(),

@@ -5,6 +5,7 @@ rule aggregate:
     input:
         metrics=summary_metrics,
         runs=summary_runs,
+        profiles=summary_profiles,
     output:
         summary=report(
             "results/summary.csv",
@@ -17,5 +18,7 @@ rule aggregate:
         "results/logs/aggregate.log",
     conda:
         "../envs/aggregate.yaml"
+    params:
+        cost=summary_params(),
     script:
         "../workflow/scripts/aggregate.py"

@@ -1,6 +1,12 @@
 # Data stage: the configured dataset in VOC layout, then YOLO labels and a manifest.
 
 
+# Downloads run where Snakemake runs (a cluster's login node), not on compute nodes, which often
+# have no internet.
+localrules:
+    download,
+
+
 rule download:
     output:
         directory(f"{DATASET_DIR}/voc"),

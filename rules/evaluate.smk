@@ -16,6 +16,6 @@ rule evaluate:
         "../envs/train.yaml"
     threads: 4
     params:
-        config=cell_config,
+        config=evaluate_config,
     script:
         "../workflow/scripts/evaluate.py"

@@ -1,9 +1,26 @@
 # Train stage: one job per cell {model, batch, epochs} of the grid.
 
 
+localrules:
+    download_weights,
+
+
+rule download_weights:
+    output:
+        "results/weights/{weights_file}",
+    log:
+        "results/weights/logs/{weights_file}.log",
+    conda:
+        "../envs/data.yaml"
+    params:
+        local_dir=config["weights_dir"],
+    script:
+        "../workflow/scripts/download_weights.py"
+
+
 rule train:
     input:
-        dataset=f"{DATASET_DIR}/yolo",
+        unpack(train_inputs),
     output:
         weights=f"{CELL}/weights.pt",
         history=report(
@@ -19,6 +36,7 @@ rule train:
             },
         ),
         record=f"{CELL}/run.json",
+        gpu_samples=f"{CELL}/gpu_samples.csv",
     log:
         f"{CELL}/logs/train.log",
     benchmark:
@@ -26,8 +44,11 @@ rule train:
     conda:
         "../envs/train.yaml"
     threads: 4
+    resources:
+        # Minutes of wall time for a scheduler; the GPU request is the profile's (set-resources).
+        runtime=train_runtime,
     params:
-        config=cell_config,
+        config=train_config,
         resume_dir=resume_dir,
     script:
         "../workflow/scripts/train.py"

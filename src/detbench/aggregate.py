@@ -1,7 +1,9 @@
 """Collect every finished cell under ``results/`` into one table, ``results/summary.csv``.
 
 A cell is a folder ``results/{platform}/{model}/b{batch}_e{epochs}/`` holding ``run.json``
-(from training), ``history.csv`` and ``metrics.json`` (from evaluation). Every platform
+(from training), ``history.csv`` and ``metrics.json`` (from evaluation); the profile of its model
+and batch size, ``results/{platform}/{model}/profile_b{batch}/summary.json``, joins its row
+where there is one. Every platform
 present is included, so copying another platform's ``results/<platform>/`` beside this one
 and rebuilding the summary compares them without retraining anything.
 """
@@ -12,7 +14,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from detbench import atomic
 from detbench.errors import DetbenchError
 
 CELL_PATTERN = re.compile(r"^b(?P<batch>\d+)_e(?P<epochs>\d+)$")
-NOT_PLATFORMS = {"datasets", "logs", "reference"}
+NOT_PLATFORMS = {"datasets", "logs", "reference", "report", "weights"}
 
 # Column name -> what it holds (units, split, threshold). Written beside the summary.
 COLUMNS: dict[str, str] = {
@@ -57,6 +59,48 @@ COLUMNS: dict[str, str] = {
     "train_obj_loss": "objectness loss, mean over the last training epoch",
     "train_cls_loss": "classification loss, mean over the last training epoch",
     "eval_time_s": "time to predict eval_split (s, model forward + NMS)",
+    # Resources of the train job (run.json "resources"), as /usr/bin/time -v reports them.
+    "wall_time_s": "train job wall time (s): the whole process, start-up included, all segments",
+    "user_time_s": (
+        "train job user CPU time (s): the process and its reaped DataLoader workers, start-up "
+        "included, all segments (the 2020 study's time -v 'User time')"
+    ),
+    "system_time_s": "train job system CPU time (s): as user_time_s, in the kernel",
+    "cpu_percent": "(user_time_s + system_time_s) / wall_time_s x 100 (time -v 'Percent of CPU')",
+    "max_rss_kb": (
+        "peak resident set (kB) of the largest single process of the train job (main process "
+        "or one DataLoader worker), as time -v's 'Maximum resident set size'"
+    ),
+    "max_tree_rss_kb": (
+        "peak summed resident set (kB) of the train process and its live DataLoader workers, "
+        "sampled every 0.5 s; shared pages count once per process (an upper bound)"
+    ),
+    # GPU telemetry of the train job (run.json "gpu", NVML sampled every 0.5 s); NA on a CPU.
+    "gpu_name": "GPU model as NVML names it (NA: trained on a CPU or without NVML)",
+    "gpu_peak_memory_mib": "peak GPU memory used (MiB, NVML, the whole device) during training",
+    "gpu_mean_utilization_percent": "mean GPU utilisation during training (%, NVML samples)",
+    "gpu_mean_power_w": "mean GPU board power during training (W, NVML samples)",
+    "gpu_energy_j": "GPU energy of the train job (J), by gpu_energy_method",
+    "gpu_energy_method": (
+        "nvml_energy_counter (the GPU's energy counter, Volta and later) or power_integration "
+        "(sampled power integrated over time)"
+    ),
+    # The profile of the cell's {model, batch} (profile_b{batch}/summary.json, torch.profiler).
+    "activity_kind": (
+        "what the profile's activities are: cuda_kernel (GPU activities, device time) or "
+        "cpu_operator (CPU operators, self CPU time)"
+    ),
+    "biggest_activity_name": "activity with the largest total time in the profiled steps",
+    "biggest_activity_avg_us": "average time per call of biggest_activity_name (µs)",
+    "biggest_gpu_activity_avg_us": (
+        "average time of the GPU activity with the largest total time (µs; the 2020 study's "
+        "nvprof figure); NA when the profile ran on a CPU"
+    ),
+    # Cost and provenance.
+    "cost": "wall_time_s / 3600 x gpu_hour_price of the platform (config); NA without a price",
+    "currency": "currency of cost (config key currency)",
+    "git_commit": "commit of the detbench checkout the cell trained with ('unknown' outside git)",
+    "config_hash": "hash of the effective config of the cell (run.json provenance)",
 }
 
 
@@ -71,10 +115,10 @@ def find_cells(results_dir: str | Path) -> list[Path]:
             continue
         if CELL_PATTERN.match(cell.name):
             cells.append(cell)
-    return sorted(cells, key=_cell_sort_key)
+    return sorted(cells, key=cell_sort_key)
 
 
-def _cell_sort_key(cell: Path) -> tuple[str, str, int, int]:
+def cell_sort_key(cell: Path) -> tuple[str, str, int, int]:
     match = CELL_PATTERN.match(cell.name)
     assert match is not None
     return (cell.parent.parent.name, cell.parent.name, int(match["batch"]), int(match["epochs"]))
@@ -82,11 +126,25 @@ def _cell_sort_key(cell: Path) -> tuple[str, str, int, int]:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DetbenchError(f"{path}: missing (the cell is incomplete)") from None
     except json.JSONDecodeError as exc:
         raise DetbenchError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise DetbenchError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _read_metrics(path: Path) -> dict[str, Any]:
+    """A cell's metrics.json, checked for the parts the summary reads."""
+    evaluation = _read_json(path)
+    metrics, losses = evaluation.get("metrics"), evaluation.get("val_loss")
+    if not isinstance(metrics, dict):
+        raise DetbenchError(f"{path}: lacks 'metrics' (not a detbench metrics file)")
+    if not isinstance(losses, dict) or not {"box", "obj", "cls"} <= set(losses):
+        raise DetbenchError(f"{path}: lacks 'val_loss' box/obj/cls (not a detbench metrics file)")
+    return evaluation
 
 
 def _last_history_row(path: Path) -> dict[str, str]:
@@ -97,13 +155,16 @@ def _last_history_row(path: Path) -> dict[str, str]:
     return rows[-1] if rows else {}
 
 
-def cell_row(cell: Path) -> dict[str, Any]:
-    """One summary row from a cell folder's run.json, history.csv and metrics.json."""
+def cell_row(
+    cell: Path, prices: Mapping[str, float] | None = None, currency: str = "USD"
+) -> dict[str, Any]:
+    """One summary row from a cell folder's run.json, history.csv and metrics.json, with its
+    {model, batch} profile where there is one. ``prices``: price per hour by platform label."""
     match = CELL_PATTERN.match(cell.name)
     if match is None:
         raise DetbenchError(f"{cell}: not a cell folder (expected b<batch>_e<epochs>)")
     run = _read_json(cell / "run.json")
-    evaluation = _read_json(cell / "metrics.json")
+    evaluation = _read_metrics(cell / "metrics.json")
     metrics = evaluation["metrics"]
     last = _last_history_row(cell / "history.csv")
     row: dict[str, Any] = {
@@ -139,18 +200,63 @@ def cell_row(cell: Path) -> dict[str, Any]:
         "train_cls_loss": _float_or_none(last.get("train_cls_loss")),
         "eval_time_s": evaluation.get("eval_seconds"),
     }
+    row.update(_resource_columns(run))
+    row.update(_profile_columns(cell.parent / f"profile_b{match['batch']}" / "summary.json"))
+    price = (prices or {}).get(row["platform"])
+    wall = row["wall_time_s"]
+    row["cost"] = wall / 3600 * price if price is not None and wall is not None else None
+    row["currency"] = currency if row["cost"] is not None else None
     for entry in metrics.get("per_class", []):
         row[f"ap50_{entry['name']}"] = entry.get("ap50")
         row[f"ap50_95_{entry['name']}"] = entry.get("ap50_95")
     return row
 
 
+def _resource_columns(run: dict[str, Any]) -> dict[str, Any]:
+    """Resources, GPU telemetry and provenance of the train job (NA for older run.json)."""
+    resources = run.get("resources") or {}
+    gpu = run.get("gpu") or {}
+    provenance = run.get("provenance") or {}
+    return {
+        "wall_time_s": resources.get("wall_time_s"),
+        "user_time_s": resources.get("user_time_s"),
+        "system_time_s": resources.get("system_time_s"),
+        "cpu_percent": resources.get("cpu_percent"),
+        "max_rss_kb": resources.get("max_rss_kb"),
+        "max_tree_rss_kb": resources.get("max_tree_rss_kb"),
+        "gpu_name": gpu.get("name"),
+        "gpu_peak_memory_mib": gpu.get("peak_memory_used_mib"),
+        "gpu_mean_utilization_percent": gpu.get("mean_utilization_percent"),
+        "gpu_mean_power_w": gpu.get("mean_power_w"),
+        "gpu_energy_j": gpu.get("energy_j"),
+        "gpu_energy_method": gpu.get("energy_method"),
+        "git_commit": provenance.get("git_commit"),
+        "config_hash": provenance.get("config_hash"),
+    }
+
+
+def _profile_columns(path: Path) -> dict[str, Any]:
+    profile = _read_json(path) if path.exists() else {}
+    return {
+        key: profile.get(key)
+        for key in (
+            "activity_kind",
+            "biggest_activity_name",
+            "biggest_activity_avg_us",
+            "biggest_gpu_activity_avg_us",
+        )
+    }
+
+
 def _float_or_none(value: str | None) -> float | None:
     return float(value) if value not in (None, "") else None
 
 
-def summary_rows(cells: Iterable[Path]) -> list[dict[str, Any]]:
-    return [cell_row(cell) for cell in cells]
+def summary_rows(
+    cells: Iterable[Path], prices: Mapping[str, float] | None = None, currency: str = "USD"
+) -> list[dict[str, Any]]:
+    """Rows in platform, model, batch, epochs order (numeric, so b4 comes before b16)."""
+    return [cell_row(cell, prices, currency) for cell in sorted(cells, key=cell_sort_key)]
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
@@ -173,9 +279,18 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def write_summary(cells: Iterable[Path], path: str | Path) -> list[dict[str, Any]]:
-    """Write the summary CSV and, beside it, a JSON dictionary of what each column holds."""
-    rows = summary_rows(cells)
+def write_summary(
+    cells: Iterable[Path],
+    path: str | Path,
+    *,
+    prices: Mapping[str, float] | None = None,
+    currency: str = "USD",
+) -> list[dict[str, Any]]:
+    """Write the summary CSV and, beside it, a JSON dictionary of what each column holds.
+
+    ``prices``: price of one hour per platform label (config gpu_hour_price), in ``currency``.
+    """
+    rows = summary_rows(cells, prices, currency)
     atomic.write_text(path, to_csv(rows))
     columns = {**COLUMNS}
     for row in rows:

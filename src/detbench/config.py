@@ -158,12 +158,16 @@ class TrainHyperparameters:
     flip_ud: float = 0.0
     translate: float = 0.1
     scale: float = 0.5
+    mosaic: float = 0.0
     ema: bool = True
     ema_decay: float = 0.9999
     ema_ramp_updates: float = 2000
     workers: int | str = "auto"
     device: str = "auto"
     amp: bool = True
+    channels_last: bool = True
+    cudnn_benchmark: bool = True
+    compile: bool = False
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainHyperparameters:
@@ -190,4 +194,20 @@ class EvalSettings:
         unknown = sorted(set(values) - known)
         if unknown:
             raise DetbenchError(f"config: key evaluate.{unknown[0]}: unknown evaluation setting")
+        return cls(**dict(values))
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileSettings:
+    """The ``profile:`` section of the config (the profile stage, one job per model and batch)."""
+
+    warmup_steps: int = 3
+    steps: int = 5
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ProfileSettings:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise DetbenchError(f"config: key profile.{unknown[0]}: unknown profile setting")
         return cls(**dict(values))

@@ -76,6 +76,10 @@ def device_capability_supported(capability: tuple[int, int], arch_list: list[str
 def select_precision(device: torch.device, amp: bool) -> Precision:
     if device.type != "cuda" or not amp:
         return Precision(dtype=None, use_scaler=False)
+    if torch.cuda.get_device_capability(device)[0] < 7:
+        # Pascal (P40, P4: sm_61) runs fp16 arithmetic at a small fraction of its fp32 rate and
+        # has no tensor cores: mixed precision would only slow it down.
+        return Precision(dtype=None, use_scaler=False)
     if torch.cuda.is_bf16_supported():
         return Precision(dtype=torch.bfloat16, use_scaler=False)
     return Precision(dtype=torch.float16, use_scaler=True)

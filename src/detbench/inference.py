@@ -7,6 +7,7 @@ detections the same way.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,10 @@ def load_trained_model(
     except FileNotFoundError:
         raise DetbenchError(f"{path}: weights file does not exist") from None
     except Exception as exc:
-        raise DetbenchError(f"{path}: not a readable detbench weights file ({exc})") from None
+        # torch's message can run to many lines (unpickling advice): keep its first line.
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        detail = re.sub(r"\x1b\[[0-9;]*m", "", detail)
+        raise DetbenchError(f"{path}: not a readable detbench weights file ({detail})") from None
     if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
         raise DetbenchError(f"{path}: not a detbench weights file (format {WEIGHTS_FORMAT})")
     model = build_model(payload["model"], num_classes=len(payload["class_names"]))

@@ -111,9 +111,9 @@ class YoloLoss:
         lobj = lobj * self.hyp.obj_gain
         lcls = lcls * self.cls_gain
         batch = raw[0].shape[0]
-        items = LossItems(
-            box=float(lbox.detach()), obj=float(lobj.detach()), cls=float(lcls.detach())
-        )
+        # One device sync for the three logged values, not three.
+        box, obj, cls = torch.stack((lbox, lobj, lcls)).detach().float().tolist()
+        items = LossItems(box=box, obj=obj, cls=cls)
         return (lbox + lobj + lcls) * batch, items
 
     def _assign(

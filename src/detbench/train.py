@@ -21,9 +21,11 @@ import math
 import os
 import platform
 import random
+import signal
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +37,13 @@ from torch.utils.data import DataLoader, Sampler
 from detbench import atomic
 from detbench.config import TrainHyperparameters
 from detbench.data.augment import AugmentSettings
-from detbench.data.dataset import DatasetManifest, DetectionDataset, collate
+from detbench.data.dataset import Batch, DatasetManifest, DetectionDataset, collate
 from detbench.device import Precision, select_device, select_precision
 from detbench.errors import DetbenchError
 from detbench.inference import save_trained_model
-from detbench.loss import YoloLoss
+from detbench.loss import LossItems, YoloLoss
 from detbench.models import build_model
+from detbench.profiling import GPU_SAMPLES_CSV, TrainMonitor, cell_provenance
 
 log = logging.getLogger("detbench.train")
 
@@ -150,6 +153,7 @@ def make_train_loader(
         flip_ud=hyp.flip_ud,
         translate=hyp.translate,
         scale=hyp.scale,
+        mosaic=hyp.mosaic,
     )
     records = manifest.records(settings.train_split)
     if not records:
@@ -294,7 +298,10 @@ def load_latest_checkpoint(resume_dir: Path, fingerprint: str) -> dict[str, Any]
     for path in sorted(resume_dir.glob("epoch-*.pt"), reverse=True):
         recorded = path.with_suffix(".sha256")
         try:
-            if not recorded.exists() or recorded.read_text().strip() != _sha256(path):
+            if not recorded.exists():
+                log.warning("checkpoint %s has no sha256 recorded; trying an older one", path)
+                continue
+            if recorded.read_text().strip() != _sha256(path):
                 log.warning("checkpoint %s is damaged (sha256 mismatch); trying an older one", path)
                 continue
             state = torch.load(path, map_location="cpu", weights_only=False)
@@ -336,15 +343,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_training_model(settings: TrainSettings, num_classes: int) -> nn.Module:
+def build_training_model(
+    settings: TrainSettings, num_classes: int, weights_file: Path | None = None
+) -> nn.Module:
+    """The model with its starting weights: random (seeded), or Darknet's where configured."""
     torch.manual_seed(settings.seed)
     model = build_model(settings.model, num_classes=num_classes)
     model.initialize_biases()
     if settings.weights != "scratch":
         from detbench.models.pretrained import load_pretrained
 
-        report = load_pretrained(model, settings.weights)
-        log.info("starting weights %s: %s", settings.weights, report.summary())
+        if weights_file is None:
+            raise DetbenchError(
+                f"models.{settings.model}.weights: {settings.weights!r} needs a Darknet file"
+            )
+        load_pretrained(model, settings.weights, weights_file)
     return model
 
 
@@ -361,115 +374,201 @@ def _progress(total: int, epoch: int, epochs: int) -> Any:
     )
 
 
+@dataclasses.dataclass
+class TrainingState:
+    """What a checkpoint restores: the trainable pieces and the progress so far."""
+
+    model: nn.Module
+    optimizer: torch.optim.SGD
+    scaler: torch.amp.GradScaler
+    ema: ModelEMA | None
+    next_epoch: int = 0
+    history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    train_seconds: float = 0.0
+    segments: int = 1
+    channels_last: bool = False  # feed images in NHWC, as the model's weights are laid out
+    forward: Callable[[torch.Tensor], list[torch.Tensor]] | None = None  # torch.compile'd model
+
+    @classmethod
+    def create(
+        cls,
+        model: nn.Module,
+        settings: TrainSettings,
+        precision: Precision,
+        device: torch.device,
+    ) -> TrainingState:
+        """The optimizer, scaler and EMA for ``model`` (already on ``device``), with the
+        device's speed settings applied."""
+        hyp = settings.hyp
+        channels_last = device.type == "cuda" and hyp.channels_last
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = hyp.cudnn_benchmark
+        return cls(
+            model=model,
+            optimizer=make_optimizer(model, settings),
+            scaler=torch.amp.GradScaler("cuda", enabled=precision.use_scaler),
+            ema=ModelEMA(model, hyp.ema_decay, hyp.ema_ramp_updates) if hyp.ema else None,
+            channels_last=channels_last,
+            # Compiling the forward only keeps the module (and its state_dict keys) untouched.
+            forward=torch.compile(model) if hyp.compile else None,
+        )
+
+    def checkpoint(self, fingerprint: str, accounting: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "epoch": self.next_epoch,
+            "fingerprint": fingerprint,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.model.state_dict() if self.ema is not None else None,
+            "ema_updates": self.ema.updates if self.ema is not None else 0,
+            "rng": _rng_states(),
+            "history": self.history,
+            "train_seconds": self.train_seconds,
+            "segments": self.segments,
+            "accounting": accounting,
+        }
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        if self.ema is not None:
+            self.ema.model.load_state_dict(checkpoint["ema"])
+            self.ema.updates = checkpoint["ema_updates"]
+        _restore_rng_states(checkpoint["rng"])
+        self.next_epoch = checkpoint["epoch"]
+        self.history = checkpoint["history"]
+        self.train_seconds = checkpoint["train_seconds"]
+        self.segments = checkpoint["segments"] + 1
+
+
 def train(
     settings: TrainSettings,
     manifest_path: str | Path,
     outputs: TrainOutputs,
     *,
     threads: int | None = None,
+    weights_file: Path | None = None,
+    platform_label: str | None = None,
+    cell_config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train one cell; write weights, history and the run record; return the record."""
-    job_start = time.perf_counter()
-    if threads:
-        torch.set_num_threads(threads)
-    device = select_device(settings.hyp.device)
-    precision = select_precision(device, settings.hyp.amp)
-    manifest = DatasetManifest.load(manifest_path)
-    seed_everything(settings.seed)
-    loader = make_train_loader(manifest, settings, device)
-    num_images = len(loader.dataset)
-    steps_per_epoch = len(loader)
+    """Train one cell; write weights, history and the run record; return the record.
 
-    model = build_training_model(settings, len(manifest.class_names)).to(device)
-    optimizer = make_optimizer(model, settings)
-    scaler = torch.amp.GradScaler("cuda", enabled=precision.use_scaler)
-    ema = (
-        ModelEMA(model, settings.hyp.ema_decay, settings.hyp.ema_ramp_updates)
-        if settings.hyp.ema
-        else None
-    )
-    loss_fn = YoloLoss(model, settings.hyp)
-    warmup_steps = max(
-        round(settings.hyp.warmup_epochs * steps_per_epoch), settings.hyp.warmup_min_iterations
-    )
+    ``weights_file``: the Darknet file to start from when ``settings.weights`` is not scratch.
+    ``platform_label``, ``cell_config``: the platform and the cell's config for the record's
+    provenance (see detbench.profiling.cell_provenance for what stands in without them).
+    """
+    with _sigterm_exits():
+        job_start = time.perf_counter()
+        if threads:
+            torch.set_num_threads(threads)
+        device = select_device(settings.hyp.device)
+        precision = select_precision(device, settings.hyp.amp)
+        monitor = TrainMonitor.start(device)  # time -v's figures and NVML samples, all segments
+        manifest = DatasetManifest.load(manifest_path)
+        seed_everything(settings.seed)
+        loader = make_train_loader(manifest, settings, device)
+        steps_per_epoch = len(loader)
 
-    start_epoch, history, elapsed_before, segments = 0, [], 0.0, 1
-    fingerprint = settings.fingerprint()
-    checkpoint = load_latest_checkpoint(outputs.resume_dir, fingerprint)
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        if ema is not None:
-            ema.model.load_state_dict(checkpoint["ema"])
-            ema.updates = checkpoint["ema_updates"]
-        _restore_rng_states(checkpoint["rng"])
-        start_epoch = checkpoint["epoch"]
-        history = checkpoint["history"]
-        elapsed_before = checkpoint["train_seconds"]
-        segments = checkpoint["segments"] + 1
-        log.info(
-            "resuming %s after epoch %d (segment %d)", outputs.resume_dir, start_epoch, segments
+        model = build_training_model(settings, len(manifest.class_names), weights_file).to(device)
+        state = TrainingState.create(model, settings, precision, device)
+        loss_fn = YoloLoss(model, settings.hyp)
+        warmup_steps = max(
+            round(settings.hyp.warmup_epochs * steps_per_epoch),
+            settings.hyp.warmup_min_iterations,
         )
+        fingerprint = settings.fingerprint()
+        checkpoint = load_latest_checkpoint(outputs.resume_dir, fingerprint)
+        if checkpoint is not None:
+            state.restore(checkpoint)
+            monitor.resume(checkpoint.get("accounting"))
+            log.info(
+                "resuming %s after epoch %d (segment %d)",
+                outputs.resume_dir,
+                state.next_epoch,
+                state.segments,
+            )
+        else:
+            _remove_checkpoints(outputs.resume_dir)  # foreign or damaged: they only mislead
 
-    log.info(
-        "training %s b%d e%d on %s (%s), %d images, %d steps/epoch, %d loader workers",
-        settings.model,
-        settings.batch_size,
-        settings.epochs,
-        device,
-        precision.name,
-        num_images,
-        steps_per_epoch,
-        loader.num_workers,
-    )
-    train_seconds = elapsed_before
-    for epoch in range(start_epoch, settings.epochs):
-        row = train_one_epoch(
-            model,
-            ema,
-            loader,
-            optimizer,
-            scaler,
-            loss_fn,
-            settings,
-            precision,
-            device,
-            epoch,
-            warmup_steps,
-        )
-        history.append(row)
-        train_seconds += row["epoch_seconds"]
         log.info(
-            "epoch %d/%d  box %.4f  obj %.4f  cls %.4f  lr %.5f  %.1f s  %.1f img/s",
-            epoch + 1,
+            "training %s b%d e%d on %s (%s), %d images, %d steps/epoch, %d loader workers",
+            settings.model,
+            settings.batch_size,
             settings.epochs,
-            row["train_box_loss"],
-            row["train_obj_loss"],
-            row["train_cls_loss"],
-            row["lr"],
-            row["epoch_seconds"],
-            row["images_per_second"],
+            device,
+            precision.name,
+            len(loader.dataset),
+            steps_per_epoch,
+            loader.num_workers,
         )
-        save_checkpoint(
-            outputs.resume_dir,
+        for epoch in range(state.next_epoch, settings.epochs):
+            row = train_one_epoch(
+                state, loader, loss_fn, settings, precision, device, epoch, warmup_steps
+            )
+            state.history.append(row)
+            state.train_seconds += row["epoch_seconds"]
+            state.next_epoch = epoch + 1
+            log.info(
+                "epoch %d/%d  box %.4f  obj %.4f  cls %.4f  lr %.5f  %.1f s  %.1f img/s",
+                epoch + 1,
+                settings.epochs,
+                row["train_box_loss"],
+                row["train_obj_loss"],
+                row["train_cls_loss"],
+                row["lr"],
+                row["epoch_seconds"],
+                row["images_per_second"],
+            )
+            save_checkpoint(
+                outputs.resume_dir, state.checkpoint(fingerprint, monitor.checkpoint_state())
+            )
+
+        final_model = state.ema.model if state.ema is not None else state.model
+        save_trained_model(
+            outputs.weights,
+            final_model,
             {
-                "epoch": epoch + 1,
-                "fingerprint": fingerprint,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "ema": ema.model.state_dict() if ema is not None else None,
-                "ema_updates": ema.updates if ema is not None else 0,
-                "rng": _rng_states(),
-                "history": history,
-                "train_seconds": train_seconds,
-                "segments": segments,
+                "model": settings.model,
+                "class_names": list(manifest.class_names),
+                "img_size": settings.img_size,
+                "dataset": manifest.dataset,
+                "epochs": settings.epochs,
+                "batch_size": settings.batch_size,
+                "ema": state.ema is not None,
             },
         )
+        write_history(outputs.history, state.history)
+        record = _run_record(settings, manifest, loader, state, device, precision, fingerprint)
+        record["job_seconds_this_segment"] = time.perf_counter() - job_start
+        record.update(monitor.finish(loader, outputs.record.with_name(GPU_SAMPLES_CSV)))
+        record["provenance"] = cell_provenance(
+            settings, device, monitor.gpu_info, platform_label, cell_config, outputs.record
+        )
+        atomic.write_json(outputs.record, record)
+        _remove_checkpoints(outputs.resume_dir)
+        return record
 
-    final_model = ema.model if ema is not None else model
-    record = {
+
+def _run_record(
+    settings: TrainSettings,
+    manifest: DatasetManifest,
+    loader: DataLoader,
+    state: TrainingState,
+    device: torch.device,
+    precision: Precision,
+    fingerprint: str,
+) -> dict[str, Any]:
+    num_images = len(loader.dataset)
+    if device.type == "cuda":
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = platform.processor() or platform.machine()
+    seconds = state.train_seconds
+    return {
         "model": settings.model,
         "batch_size": settings.batch_size,
         "epochs": settings.epochs,
@@ -480,46 +579,56 @@ def train(
         "train_split": settings.train_split,
         "train_images": num_images,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
+        "device_name": device_name,
         "precision": precision.name,
         "torch_threads": torch.get_num_threads(),
         "loader_workers": loader.num_workers,
-        "train_seconds": train_seconds,
-        "images_per_second": settings.epochs * num_images / train_seconds
-        if train_seconds
-        else None,
-        "job_seconds_this_segment": time.perf_counter() - job_start,
-        "segments": segments,
+        "train_seconds": seconds,
+        "images_per_second": settings.epochs * num_images / seconds if seconds else None,
+        "segments": state.segments,
         "settings_fingerprint": fingerprint,
         "hyperparameters": dataclasses.asdict(settings.hyp),
     }
-    save_trained_model(
-        outputs.weights,
-        final_model,
-        {
-            "model": settings.model,
-            "class_names": list(manifest.class_names),
-            "img_size": settings.img_size,
-            "dataset": manifest.dataset,
-            "epochs": settings.epochs,
-            "batch_size": settings.batch_size,
-            "ema": ema is not None,
-        },
-    )
-    write_history(outputs.history, history)
-    atomic.write_json(outputs.record, record)
-    _remove_checkpoints(outputs.resume_dir)
-    return record
+
+
+class NonFiniteLoss(ArithmeticError):
+    def __init__(self, value: float) -> None:
+        super().__init__(f"loss became {value}")
+        self.value = value
+
+
+def train_step(
+    state: TrainingState,
+    batch: Batch,
+    loss_fn: YoloLoss,
+    precision: Precision,
+    device: torch.device,
+) -> LossItems:
+    """One optimizer step: forward under autocast, loss, scaled backward, optimizer step, EMA.
+
+    The one place a step is defined: training, the profiler and the throughput benchmark all
+    take it. Raises NonFiniteLoss, before any weight changes, when the loss is NaN or infinite.
+    """
+    images = batch.images.to(device, non_blocking=True).float().div_(255)
+    if state.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.dtype is not None):
+        raw = (state.forward or state.model)(images)
+    loss, items = loss_fn(raw, batch.targets)
+    if not math.isfinite(items.total):
+        raise NonFiniteLoss(items.total)
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    if state.ema is not None:
+        state.ema.update(state.model)
+    return items
 
 
 def train_one_epoch(
-    model: nn.Module,
-    ema: ModelEMA | None,
+    state: TrainingState,
     loader: DataLoader,
-    optimizer: torch.optim.SGD,
-    scaler: torch.amp.GradScaler,
     loss_fn: YoloLoss,
     settings: TrainSettings,
     precision: Precision,
@@ -527,7 +636,8 @@ def train_one_epoch(
     epoch: int,
     warmup_steps: int,
 ) -> dict[str, float]:
-    model.train()
+    state.model.train()
+    optimizer = state.optimizer
     loader.sampler.set_epoch(epoch)
     steps_per_epoch = len(loader)
     sums = np.zeros(3)
@@ -537,23 +647,13 @@ def train_one_epoch(
         for step_in_epoch, batch in enumerate(loader):
             step = epoch * steps_per_epoch + step_in_epoch
             set_learning_rate(optimizer, settings.hyp, step, warmup_steps, epoch, settings.epochs)
-            images = batch.images.to(device, non_blocking=True).float().div_(255)
-            with torch.autocast(
-                device.type, dtype=precision.dtype, enabled=precision.dtype is not None
-            ):
-                raw = model(images)
-            loss, items = loss_fn(raw, batch.targets)
-            if not math.isfinite(float(loss.detach())):
+            try:
+                items = train_step(state, batch, loss_fn, precision, device)
+            except NonFiniteLoss as error:
                 raise DetbenchError(
-                    f"training {settings.model} b{settings.batch_size}: loss became {float(loss)} "
+                    f"training {settings.model} b{settings.batch_size}: loss became {error.value} "
                     f"at epoch {epoch + 1}, step {step_in_epoch + 1}; lower train.lr0"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            if ema is not None:
-                ema.update(model)
+                ) from None
             sums += (items.box, items.obj, items.cls)
             images_seen += len(batch.images)
             bar.update(1)
@@ -585,9 +685,30 @@ def _format_value(value: float | int) -> str:
     return str(value) if isinstance(value, int) else f"{value:.6g}"
 
 
+@contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """Turn SIGTERM (Slurm's scancel and wall-time limit, a notebook's stop) into SystemExit
+    while training, so a checkpoint being written is abandoned cleanly (its temporary file
+    removed) and the previous complete one remains to resume from."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _remove_checkpoints(resume_dir: Path) -> None:
-    # The final weights are written; the (large) resume state has served its purpose.
-    for path in resume_dir.glob("epoch-*"):
+    """Delete the resume state: after the final outputs are written, or when what is there
+    cannot be resumed. A job killed hard while writing may have left a temporary file
+    (.epoch-N.pt.XXXX.tmp) too."""
+    for path in [*resume_dir.glob("epoch-*"), *resume_dir.glob(".epoch-*.tmp")]:
         path.unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # not empty: something else lives there
         resume_dir.rmdir()

@@ -12,7 +12,7 @@ from detbench.workflow import run_rule
 
 def main() -> None:
     cells = sorted({Path(path).parent for path in snakemake.input.metrics})
-    write_summary(cells, snakemake.output.summary)
+    write_summary(cells, snakemake.output.summary, **snakemake.params.cost)
 
 
 run_rule(snakemake, main)

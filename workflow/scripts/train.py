@@ -24,7 +24,16 @@ def main() -> None:
         resume_dir=Path(snakemake.params.resume_dir),
     )
     manifest = Path(snakemake.input.dataset) / "manifest.json"
-    train(settings, manifest, outputs, threads=snakemake.threads)
+    weights_file = Path(snakemake.input.weights) if snakemake.input.get("weights") else None
+    train(
+        settings,
+        manifest,
+        outputs,
+        threads=snakemake.threads,
+        weights_file=weights_file,
+        platform_label=snakemake.wildcards.platform,
+        cell_config=snakemake.params.config,
+    )
 
 
 run_rule(snakemake, main)

@@ -24,6 +24,7 @@ class AugmentSettings:
     flip_ud: float = 0.0
     translate: float = 0.1
     scale: float = 0.5
+    mosaic: float = 0.0  # probability of a 4-image mosaic (needs the dataset's cooperation)
     min_box_size: float = 2.0  # px: smaller boxes left after cropping are dropped
     min_area_fraction: float = 0.1  # of the box's area before cropping
 
@@ -164,6 +165,39 @@ def random_flips(
         boxes = boxes.copy()
         boxes[:, [1, 3]] = size_y - boxes[:, [3, 1]]
     return np.ascontiguousarray(image), boxes
+
+
+def mosaic(
+    images: list[np.ndarray],
+    boxes: list[np.ndarray],
+    classes: list[np.ndarray],
+    size: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Four images (long side ``size``) around a random centre of a 2*size canvas.
+
+    The result goes through :func:`augment` like a single image, whose centred affine crops it
+    back to ``size``: objects keep their scale while each sample carries four images' worth of
+    objects and context (YOLOv4's mosaic, used by the 2020 study's code).
+    """
+    canvas = np.full((2 * size, 2 * size, 3), PAD_VALUE, dtype=np.uint8)
+    xc, yc = (int(v) for v in rng.uniform(0.5 * size, 1.5 * size, 2))
+    all_boxes, all_classes = [], []
+    for quadrant, (image, image_boxes, image_classes) in enumerate(
+        zip(images, boxes, classes, strict=True)
+    ):
+        h, w = image.shape[:2]
+        # Corners of the placed image: it touches the centre from its quadrant's side.
+        x0 = xc - w if quadrant in (0, 2) else xc
+        y0 = yc - h if quadrant in (0, 1) else yc
+        cx0, cy0 = max(x0, 0), max(y0, 0)
+        cx1, cy1 = min(x0 + w, 2 * size), min(y0 + h, 2 * size)
+        canvas[cy0:cy1, cx0:cx1] = image[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+        moved = image_boxes + np.array([x0, y0, x0, y0], dtype=np.float64)
+        clipped = np.clip(moved, [cx0, cy0, cx0, cy0], [cx1, cy1, cx1, cy1])
+        all_boxes.append(clipped)
+        all_classes.append(image_classes)
+    return canvas, np.concatenate(all_boxes), np.concatenate(all_classes)
 
 
 def augment(

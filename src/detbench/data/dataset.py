@@ -19,7 +19,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from detbench.data.augment import AugmentSettings, Letterbox, augment, letterbox, resize_long_side
+from detbench.data.augment import (
+    AugmentSettings,
+    Letterbox,
+    augment,
+    letterbox,
+    mosaic,
+    resize_long_side,
+)
 from detbench.errors import DetbenchError
 
 
@@ -153,6 +160,19 @@ class DetectionDataset(Dataset[Sample]):
     def __len__(self) -> int:
         return len(self.records)
 
+    def _mosaic(
+        self, index: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        others = rng.integers(0, len(self.records), size=3)
+        chosen = [index, *others.tolist()]
+        return mosaic(
+            [self._images[i] for i in chosen],
+            [self.records[i].boxes_xyxy() * self._ratios[i] for i in chosen],
+            [self.records[i].classes for i in chosen],
+            self.img_size,
+            rng,
+        )
+
     def index_of(self, image_id: str) -> int:
         return self._index[image_id]
 
@@ -167,6 +187,8 @@ class DetectionDataset(Dataset[Sample]):
         classes = record.classes
         if self.augment_settings is not None:
             rng = np.random.default_rng([self.seed, epoch, index])
+            if rng.random() < self.augment_settings.mosaic:
+                image, boxes, classes = self._mosaic(index, rng)
             canvas, boxes, classes = augment(
                 image, boxes, classes, self.img_size, self.augment_settings, rng
             )

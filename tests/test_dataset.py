@@ -1,0 +1,225 @@
+"""The training data stream: a pure function of (seed, epoch), whatever the loader workers; and
+the geometry of letterboxing and augmentation (boxes follow the pixels, stay on the canvas)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from detbench.config import TrainHyperparameters
+from detbench.data.augment import (
+    PAD_VALUE,
+    AugmentSettings,
+    Letterbox,
+    augment,
+    letterbox,
+    random_affine,
+    random_flips,
+)
+from detbench.data.dataset import DatasetManifest, DetectionDataset
+from detbench.train import TrainSettings, make_train_loader
+
+
+@pytest.fixture(scope="module")
+def manifest(synthetic_manifest: Path) -> DatasetManifest:
+    return DatasetManifest.load(synthetic_manifest)
+
+
+@pytest.fixture(scope="module")
+def train_dataset(manifest: DatasetManifest) -> DetectionDataset:
+    return DetectionDataset(manifest.records("train"), 64, augment=AugmentSettings(), seed=0)
+
+
+def _canvas_xyxy(targets: torch.Tensor, size: int) -> np.ndarray:
+    t = targets.numpy().astype(np.float64)
+    cx, cy, w, h = t[:, 1] * size, t[:, 2] * size, t[:, 3] * size, t[:, 4] * size
+    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+
+
+def _painted(shape: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
+    """A grey-noise image with one pure green rectangle covering the pixel edges ``box``."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(60, 200, size=(*shape, 3), dtype=np.uint8)
+    image[..., 1] = 0
+    x0, y0, x1, y1 = box
+    image[y0:y1, x0:x1] = (0, 255, 0)
+    return image
+
+
+def _green_extent(image: np.ndarray) -> np.ndarray:
+    """Pixel-edge box of the clearly green pixels."""
+    ys, xs = np.nonzero((image[..., 1] > 128) & (image[..., 0] < 100) & (image[..., 2] < 100))
+    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- the data stream
+
+
+def test_sample_is_a_function_of_seed_epoch_and_index(
+    manifest: DatasetManifest, train_dataset: DetectionDataset
+) -> None:
+    first = train_dataset.sample(3, epoch=2)
+    for index in range(len(train_dataset)):  # other accesses in between change nothing
+        train_dataset.sample(index, epoch=5)
+    again = train_dataset.sample(3, epoch=2)
+    fresh = DetectionDataset(manifest.records("train"), 64, augment=AugmentSettings(), seed=0)
+    for other in (again, fresh.sample(3, epoch=2)):
+        assert torch.equal(first.image, other.image)
+        assert torch.equal(first.targets, other.targets)
+        assert first.image_id == other.image_id
+
+
+def test_samples_differ_across_epochs_and_seeds(
+    manifest: DatasetManifest, train_dataset: DetectionDataset
+) -> None:
+    base = train_dataset.sample(3, epoch=2)
+    next_epoch = train_dataset.sample(3, epoch=3)
+    other_seed = DetectionDataset(
+        manifest.records("train"), 64, augment=AugmentSettings(), seed=1
+    ).sample(3, epoch=2)
+    assert not torch.equal(base.image, next_epoch.image)
+    assert not torch.equal(base.image, other_seed.image)
+
+
+def test_augmented_targets_stay_on_the_canvas(train_dataset: DetectionDataset) -> None:
+    boxes = 0
+    for epoch in range(6):
+        for index in range(len(train_dataset)):
+            sample = train_dataset.sample(index, epoch=epoch)
+            assert sample.image.shape == (3, 64, 64) and sample.image.dtype == torch.uint8
+            targets = sample.targets
+            boxes += len(targets)
+            xyxy = _canvas_xyxy(targets, 64)
+            assert (xyxy >= -1e-3).all() and (xyxy <= 64 + 1e-3).all()
+            assert (targets[:, 3:] > 0).all()
+            assert set(targets[:, 0].tolist()) <= {0.0, 1.0, 2.0}
+    assert boxes > 100  # the check above saw plenty of boxes
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_loader_batches_do_not_depend_on_worker_count(synthetic_manifest: Path, seed: int) -> None:
+    manifest = DatasetManifest.load(synthetic_manifest)
+    batches = {}
+    for workers in (0, 2):
+        settings = TrainSettings(
+            model="yolov3-tiny",
+            batch_size=3,
+            epochs=2,
+            img_size=64,
+            seed=seed,
+            hyp=TrainHyperparameters(workers=workers),
+        )
+        loader = make_train_loader(manifest, settings, torch.device("cpu"))
+        assert loader.num_workers == workers
+        batches[workers] = []
+        for epoch in (0, 1):
+            loader.sampler.set_epoch(epoch)
+            batches[workers].extend(loader)
+        del loader  # stops the persistent workers
+    assert len(batches[0]) == len(batches[2]) == 6  # 8 images in batches of 3, two epochs
+    for single, multi in zip(batches[0], batches[2], strict=True):
+        assert single.image_ids == multi.image_ids
+        assert torch.equal(single.images, multi.images)
+        assert torch.equal(single.targets, multi.targets)
+    # The two epochs are shuffled differently.
+    assert [b.image_ids for b in batches[0][:3]] != [b.image_ids for b in batches[0][3:]]
+
+
+# --------------------------------------------------------------------------- letterbox
+
+
+@pytest.mark.parametrize(("height", "width"), [(48, 64), (64, 45), (64, 64), (33, 64)])
+def test_letterbox_places_image_and_boxes_exactly(height: int, width: int) -> None:
+    image = np.random.default_rng(0).integers(0, 255, size=(height, width, 3), dtype=np.uint8)
+    boxes = np.array([[0.0, 0.0, width, height], [3.5, 2.0, 10.25, 20.0]])
+    canvas, moved, placement = letterbox(image, boxes, 64)
+    pad_x, pad_y = (64 - width) // 2, (64 - height) // 2
+    assert (placement.ratio, placement.pad_x, placement.pad_y) == (1.0, pad_x, pad_y)
+    assert canvas.shape == (64, 64, 3)
+    assert np.array_equal(canvas[pad_y : pad_y + height, pad_x : pad_x + width], image)
+    padding = np.ones((64, 64), dtype=bool)
+    padding[pad_y : pad_y + height, pad_x : pad_x + width] = False
+    assert (canvas[padding] == PAD_VALUE).all()
+    np.testing.assert_array_equal(moved, boxes + np.array([pad_x, pad_y, pad_x, pad_y]))
+    np.testing.assert_array_equal(placement.to_original(moved), boxes)
+
+
+def test_letterbox_to_original_inverts_scale_and_padding() -> None:
+    transform = Letterbox(ratio=0.65, pad_x=0.0, pad_y=52.0)
+    original = np.random.default_rng(3).uniform(0, 640, size=(20, 4))
+    canvas = original * transform.ratio + [transform.pad_x, transform.pad_y] * 2
+    np.testing.assert_allclose(transform.to_original(canvas), original, atol=1e-9)
+
+
+def test_evaluation_samples_map_back_to_the_original_boxes(manifest: DatasetManifest) -> None:
+    records = manifest.records("test")
+    dataset = DetectionDataset(records, 64)
+    for index, record in enumerate(records):
+        sample = dataset[index]
+        assert sample.letterbox.ratio == pytest.approx(64 / max(record.width, record.height))
+        back = sample.letterbox.to_original(_canvas_xyxy(sample.targets, 64))
+        np.testing.assert_allclose(back, record.boxes_xyxy(), atol=1e-3)
+        assert dataset[index].image.equal(sample.image)  # no randomness without augment
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+@pytest.mark.parametrize(("flip_lr", "flip_ud"), [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.0, 0.0)])
+def test_flips_move_boxes_with_the_pixels(flip_lr: float, flip_ud: float) -> None:
+    box = (5, 10, 20, 31)
+    image = _painted((64, 48), box)  # height 64, width 48: the two flips differ
+    settings = AugmentSettings(flip_lr=flip_lr, flip_ud=flip_ud)
+    flipped, boxes = random_flips(image, np.array([box], dtype=np.float64), settings, _rng(0))
+    assert flipped.shape == image.shape and flipped.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(boxes[0], _green_extent(flipped))
+    if flip_lr == flip_ud == 0:
+        assert np.array_equal(flipped, image)
+
+
+def _rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_affine_keeps_boxes_inside_the_canvas(seed: int) -> None:
+    rng = _rng(seed)
+    image = rng.integers(0, 255, size=(48, 64, 3), dtype=np.uint8)
+    x0 = rng.uniform(-5, 60, 30)
+    y0 = rng.uniform(-5, 44, 30)
+    boxes = np.stack([x0, y0, x0 + rng.uniform(1, 30, 30), y0 + rng.uniform(1, 30, 30)], axis=1)
+    classes = np.arange(30) % 3
+    settings = AugmentSettings(translate=0.5, scale=0.9)
+    canvas, out, kept = random_affine(image, boxes, classes, 64, settings, rng)
+    assert canvas.shape == (64, 64, 3)
+    assert len(out) == len(kept) <= 30
+    assert (out >= 0).all() and (out <= 64).all()
+    assert (out[:, 2] - out[:, 0] > settings.min_box_size).all()
+    assert (out[:, 3] - out[:, 1] > settings.min_box_size).all()
+    canvas, out, _ = augment(image, boxes, classes, 64, settings, rng)
+    assert (out >= 0).all() and (out <= 64).all()
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_random_affine_boxes_follow_the_pixels(seed: int) -> None:
+    box = (16, 12, 40, 30)
+    image = _painted((48, 64), box)
+    settings = AugmentSettings(translate=0.1, scale=0.3)
+    canvas, out, _ = random_affine(
+        image, np.array([box], dtype=np.float64), np.array([1]), 64, settings, _rng(seed)
+    )
+    assert len(out) == 1  # small moves keep the box well inside
+    # Bilinear resampling blurs edges by about a pixel.
+    np.testing.assert_allclose(out[0], _green_extent(canvas), atol=1.5)
+
+
+def test_augment_is_deterministic_for_a_generator_seed() -> None:
+    image = _painted((48, 64), (16, 12, 40, 30))
+    boxes = np.array([[16.0, 12.0, 40.0, 30.0]])
+    first = augment(image, boxes, np.array([0]), 64, AugmentSettings(), _rng(5))
+    second = augment(image, boxes, np.array([0]), 64, AugmentSettings(), _rng(5))
+    for a, b in zip(first, second, strict=True):
+        assert np.array_equal(a, b)
