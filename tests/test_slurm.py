@@ -1,0 +1,192 @@
+"""profiles/slurm against a real single-node Slurm on 127.0.0.1 (tests/slurm_cluster.py).
+
+A small study (tests/configs/slurm.yaml: yolov3-tiny, cells b4_e1 and b4_e20) runs through
+`snakemake --profile profiles/slurm --profile tests/profiles/slurm-test results/summary.csv`,
+the second profile naming the test cluster's partition and making status checks fast. The first
+run has the b4_e20 train job cancelled (scancel) once it has written an epoch checkpoint: the
+run reports that job failed and still finishes the other cell. The second run resumes the
+cancelled cell from its checkpoint, finishes it and builds the summary. Along the way Slurm's
+own records show what each job asked for: one GPU for train and evaluate jobs, none for the
+rest.
+
+Needs root and Debian's munge, slurmctld, slurmd and slurm-client; skipped without them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from slurm_cluster import SlurmBusy, SlurmCluster, running_slurm, skip_reason
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+
+PLATFORM = "baremetal-p40"  # profiles/slurm's platform label
+GPU_RULES = ("train", "evaluate", "profile")
+RUN_TIMEOUT = 480  # seconds per Snakemake run; a few minutes on 2 busy cores is usual
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory: pytest.TempPathFactory):
+    reason = skip_reason()
+    if reason:
+        pytest.skip(f"no real Slurm here: {reason}")
+    with contextlib.ExitStack() as stack:
+        try:
+            cluster = stack.enter_context(running_slurm(tmp_path_factory.mktemp("slurm")))
+        except SlurmBusy as busy:
+            pytest.skip(f"no Slurm of our own here: {busy}")
+        yield cluster
+
+
+def snakemake(workdir: Path, log: Path) -> subprocess.Popen:
+    """The user's command with the test cluster's profile layered on; output to `log`."""
+    command = [
+        # The plugin submits jobs that run this same interpreter's Snakemake (.venv's).
+        sys.executable,
+        "-m",
+        "snakemake",
+        # The summary and what it needs; the report's figures are other tests' business.
+        "results/summary.csv",
+        "--profile",
+        str(REPO / "profiles" / "slurm"),
+        "--profile",
+        str(REPO / "tests" / "profiles" / "slurm-test"),
+        "--configfile",
+        str(REPO / "tests" / "configs" / "slurm.yaml"),
+    ]
+    with log.open("w") as out:
+        return subprocess.Popen(command, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
+
+
+def finish(process: subprocess.Popen, log: Path) -> tuple[int, str]:
+    try:
+        returncode = process.wait(timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.terminate()  # Snakemake cancels its Slurm jobs on SIGTERM
+        process.wait(timeout=60)
+        pytest.fail(f"snakemake still running after {RUN_TIMEOUT} s:\n{tail(log)}")
+    return returncode, log.read_text()
+
+
+def tail(log: Path, lines: int = 60) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def wait_for(condition: Callable[[], bool], process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"snakemake ended (status {process.returncode}) first:\n{tail(log)}")
+        if time.monotonic() > deadline:
+            process.terminate()
+            pytest.fail(f"waited {RUN_TIMEOUT} s in vain:\n{tail(log)}")
+        time.sleep(0.2)
+
+
+def rule_of(job: dict[str, str]) -> str:
+    # The plugin's comment: rule_<rule> or rule_<rule>_wildcards_<values joined by _>.
+    return job["comment"].removeprefix("rule_").split("_wildcards_")[0]
+
+
+def minutes(time_limit: str) -> int:
+    """squeue's TimeLimit ([days-]hours:minutes:seconds or minutes:seconds) in minutes."""
+    days, _, clock = time_limit.rpartition("-")
+    parts = [int(part) for part in clock.split(":")]
+    while len(parts) < 3:
+        parts.insert(0, 0)
+    hours, mins, _seconds = parts
+    return (int(days or 0) * 24 + hours) * 60 + mins
+
+
+def runs(cluster: SlurmCluster) -> list[list[dict[str, str]]]:
+    """The cluster's jobs grouped by Snakemake run (the job name), oldest run first."""
+    by_run: dict[str, list[dict[str, str]]] = {}
+    for job in sorted(cluster.jobs(), key=lambda job: int(job["id"])):
+        by_run.setdefault(job["name"], []).append(job)
+    return list(by_run.values())
+
+
+def test_slurm_profile_runs_a_study_and_resumes_a_cancelled_train_job(
+    slurm: SlurmCluster, tmp_path: Path, workflow_copier: Callable[[Path], Path]
+) -> None:
+    # Slurm jobs run in the copy as they would in a checkout on a cluster's shared file system.
+    workdir = workflow_copier(tmp_path / "workflow")
+    cells = workdir / "results" / PLATFORM / "yolov3-tiny"
+    long_cell, short_cell = cells / "b4_e20", cells / "b4_e1"
+    summary = workdir / "results" / "summary.csv"
+
+    # --- Run 1: cancel the long train job after its first complete checkpoint.
+    log1 = tmp_path / "run1.log"
+    first = snakemake(workdir, log1)
+    wait_for(lambda: any((long_cell / "checkpoints").glob("epoch-*.sha256")), first, log1)
+    (train_job,) = [
+        job
+        for job in slurm.jobs()
+        if rule_of(job) == "train" and job["comment"].endswith("_4_20")
+        if job["state"] == "RUNNING"
+    ]
+    details = slurm.show_job(train_job["id"])
+    subprocess.run(["scancel", train_job["id"]], check=True)
+    returncode, output = finish(first, log1)
+
+    assert returncode != 0, output
+    assert f"SLURM-job '{train_job['id']}' failed" in output, tail(log1)
+    assert "CANCELLED" in output, tail(log1)
+    assert "Error in rule train" in output and "epochs=20" in output, tail(log1)
+    assert not summary.exists()
+    assert not (long_cell / "run.json").exists()
+    assert list((long_cell / "checkpoints").glob("epoch-*.pt")), "the checkpoint must survive"
+    # keep-going: the other cell went on to its metrics.
+    assert (short_cell / "metrics.json").exists(), tail(log1)
+    assert details["Requeue"] == "1"  # slurm-requeue: true
+
+    # --- Run 2: the cancelled cell resumes from its checkpoint; the summary is built.
+    short_weights_mtime = (short_cell / "weights.pt").stat().st_mtime_ns
+    log2 = tmp_path / "run2.log"
+    returncode, output = finish(snakemake(workdir, log2), log2)
+    assert returncode == 0, tail(log2)
+    assert summary.exists()
+    assert len(summary.read_text().strip().splitlines()) == 1 + 2  # header + 2 cells
+
+    record = json.loads((long_cell / "run.json").read_text())
+    assert record["segments"] == 2, record
+    assert record["epochs"] == 20
+    train_log = (long_cell / "logs" / "train.log").read_text()
+    assert "resuming" in train_log, train_log[-2000:]
+    # The resume state goes once the weights are written.
+    assert not list((long_cell / "checkpoints").glob("epoch-*")), "checkpoints left behind"
+    assert json.loads((short_cell / "run.json").read_text())["segments"] == 1
+    assert (short_cell / "weights.pt").stat().st_mtime_ns == short_weights_mtime
+
+    # --- What Slurm was asked for, from its own records (no accounting needed).
+    first_run, second_run = runs(slurm)
+    first_rules = {rule_of(job) for job in first_run}
+    assert {"convert", "train", "evaluate"} <= first_rules, first_rules
+    # Downloads are local rules: compute nodes often have no internet, the login node does.
+    assert "download" not in first_rules and "download_weights" not in first_rules, first_rules
+    # The second run submitted only what the cancelled cell still needed, and the summary.
+    assert [job["comment"] for job in second_run if rule_of(job) in GPU_RULES] == [
+        "rule_train_wildcards_baremetal-p40_yolov3-tiny_4_20",
+        "rule_evaluate_wildcards_baremetal-p40_yolov3-tiny_4_20",
+    ]
+    assert "aggregate" in {rule_of(job) for job in second_run}
+    for job in first_run + second_run:
+        # set-resources: one GPU for train and evaluate jobs, none for the rest.
+        assert job["gpus"] == ("gres:gpu:1" if rule_of(job) in GPU_RULES else "N/A"), job
+        # Train jobs ask for the wall time train_runtime computes, above the 10 min default.
+        if rule_of(job) == "train":
+            assert minutes(job["time_limit"]) > 10, job
+        elif rule_of(job) == "evaluate":
+            assert minutes(job["time_limit"]) == 10, job
+    cancelled = [job["id"] for job in first_run + second_run if job["state"] == "CANCELLED"]
+    assert cancelled == [train_job["id"]]
+    assert all(job["state"] == "COMPLETED" for job in second_run), second_run
