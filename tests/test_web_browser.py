@@ -20,6 +20,7 @@ from typing import Any
 
 import cv2
 import pytest
+from browser import chromium
 from test_web import (
     BLOOD,
     IMG_SIZE,
@@ -35,20 +36,7 @@ from detbench.web import WebConfig, create_app
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = Path(os.environ.get("DETBENCH_CHROMIUM", "/usr/bin/chromium"))
-CHROMEDRIVER = Path(os.environ.get("DETBENCH_CHROMEDRIVER", "/usr/bin/chromedriver"))
 BCCD_DIR = Path(os.environ.get("DETBENCH_BCCD_DIR", REPO.parent / "shared" / "data" / "bccd"))
-CHROME_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--window-size=1280,1800",
-)
 TIMEOUT_S = 120  # the CPU is shared with other jobs; a prediction normally takes ~1 s
 
 
@@ -67,24 +55,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
-    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
-    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
-        if not os.access(path, os.X_OK):
-            pytest.skip(f"{path} not found: apt-get install {package} (see .ci/run)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in CHROME_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
-    service = webdriver.ChromeService(
-        executable_path=str(CHROMEDRIVER), log_output=str(tmp_path / "chromedriver.log")
-    )
-    driver = webdriver.Chrome(service=service, options=options)
-    driver.set_page_load_timeout(TIMEOUT_S)
-    try:
+    with chromium(tmp_path, window_size="1280,1800", timeout_s=TIMEOUT_S) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def smear_file(folder: Path) -> Path:

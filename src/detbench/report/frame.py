@@ -1,0 +1,110 @@
+"""One table of cells for the report: ``results/summary.csv`` joined with the 2020 figures.
+
+Rows are cells (platform, model, batch, epochs); columns are detbench's summary names, so a
+published figure sits in the same column as the measurement it is comparable with. Columns a
+summary does not have yet (the process resources of issue 4: ``user_time_s``, ``cpu_percent``,
+``max_rss_kb``, ``biggest_gpu_activity_avg_us``) are NaN and show as NA; they are picked up as
+soon as the summary carries them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from detbench.errors import DetbenchError
+from detbench.report import reference
+
+MEASURED = "measured"
+KEYS = ["platform", "model", "batch", "epochs"]
+# Numeric columns of the report's cell table (summary names).
+NUMERIC = [
+    "train_time_s",
+    "user_time_s",
+    "cpu_percent",
+    "max_rss_kb",
+    "biggest_gpu_activity_avg_us",
+    "pr_confidence",
+    "precision_at_conf",
+    "recall_at_conf",
+    "train_obj_loss",
+    "train_cls_loss",
+    "map50",
+    "map50_95",
+    "img_size",
+    "eval_images",
+]
+TEXT = ["source", "status", "dataset", "weights", "eval_split", "device_name"]
+COLUMNS = KEYS + TEXT + NUMERIC
+
+
+def read_summary(path: str | Path) -> pd.DataFrame:
+    """The measured cells of ``results/summary.csv`` as report rows (``source`` = measured)."""
+    try:
+        summary = pd.read_csv(path)
+    except FileNotFoundError:
+        raise DetbenchError(f"{path}: missing (run the workflow first)") from None
+    except pd.errors.EmptyDataError:
+        raise DetbenchError(f"{path}: empty file") from None
+    missing = [key for key in KEYS if key not in summary.columns]
+    if missing:
+        raise DetbenchError(f"{path}: missing column(s) {', '.join(missing)}")
+    return measured_frame(summary)
+
+
+def measured_frame(summary: pd.DataFrame) -> pd.DataFrame:
+    """Summary rows in the report's columns; absent optional columns become NaN."""
+    frame = pd.DataFrame(index=summary.index)
+    for column in COLUMNS:
+        frame[column] = summary[column] if column in summary.columns else np.nan
+    frame["source"] = MEASURED
+    if "status" in summary.columns:  # a summary that records failed cells says so per row
+        frame["status"] = summary["status"].fillna("ok").astype(str)
+    else:
+        frame["status"] = "ok"
+    return _typed(frame)
+
+
+def published_frame(path: str | Path | None = None) -> pd.DataFrame:
+    """The 2020 study's cells in the report's columns (two platforms, ``published 2020``)."""
+    frame = pd.DataFrame.from_records(reference.reference_records(path))
+    for column in COLUMNS:
+        if column not in frame.columns:
+            frame[column] = np.nan
+    return _typed(frame[COLUMNS])
+
+
+def cell_frame(summary: pd.DataFrame, published: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Measured and published cells in one frame (measured first)."""
+    parts = [measured_frame(summary) if "source" not in summary.columns else summary]
+    if published is not None:
+        parts.append(published)
+    frame = pd.concat([p[COLUMNS] for p in parts], ignore_index=True)
+    return _typed(frame)
+
+
+def load_cells(summary_csv: str | Path, reference_csv: str | Path | None) -> pd.DataFrame:
+    """The report's cell table from the summary file and the published figures."""
+    return cell_frame(read_summary(summary_csv), published_frame(reference_csv))
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    frame["batch"] = frame["batch"].astype(int)
+    frame["epochs"] = frame["epochs"].astype(int)
+    for column in NUMERIC:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
+    for column in ["platform", "model", "source", "status"]:
+        frame[column] = frame[column].astype(str)
+    return frame
+
+
+def ok_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """Cells that finished (neither failed nor missing)."""
+    return frame[frame["status"] == "ok"]
+
+
+def cell_dir(results_dir: str | Path, platform: str, model: str, batch: int, epochs: int) -> Path:
+    return Path(results_dir) / platform / model / f"b{batch}_e{epochs}"

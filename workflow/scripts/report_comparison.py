@@ -1,0 +1,21 @@
+"""Rule report_comparison: platforms side by side, per cell and per model and batch size."""
+
+import sys
+from pathlib import Path
+
+# detbench from this checkout, also where it is not installed (e.g. a conda env of its own).
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+
+from detbench.report.comparison import write_comparison
+from detbench.report.frame import load_cells
+from detbench.report.layout import ReportLayout
+from detbench.workflow import run_rule
+
+
+def main() -> None:
+    layout = ReportLayout.from_params(snakemake.params.layout)
+    frame = load_cells(snakemake.input.summary, snakemake.input.reference)
+    write_comparison(frame, layout)
+
+
+run_rule(snakemake, main)

@@ -1,0 +1,22 @@
+"""Rule report_plots: the report's figures (PNG, SVG beside)."""
+
+import sys
+from pathlib import Path
+
+# detbench from this checkout, also where it is not installed (e.g. a conda env of its own).
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+
+from detbench.report.frame import load_cells
+from detbench.report.layout import ReportLayout
+from detbench.report.plots import write_plots
+from detbench.workflow import run_rule
+
+
+def main() -> None:
+    layout = ReportLayout.from_params(snakemake.params.layout)
+    frame = load_cells(snakemake.input.summary, snakemake.input.reference)
+    # Cell folders (history.csv, gpu_samples.csv) sit beside the summary, under results/.
+    write_plots(frame, layout, Path(snakemake.input.summary).parent)
+
+
+run_rule(snakemake, main)
