@@ -44,6 +44,7 @@ from detbench.errors import DetbenchError
 from detbench.evaluate import predict_split
 from detbench.inference import save_trained_model
 from detbench.models import YOLO, build_model, save_darknet_weights
+from detbench.models.pretrained import DARKNET_NMS_IOU, DarknetPlacement
 from detbench.web import WebConfig, create_app
 from detbench.web.images import ImageRejected, decode_image
 from detbench.web.registry import (
@@ -841,3 +842,17 @@ def test_detbench_serve_end_to_end(served_cli: str) -> None:
     assert "best cell p/yolov3-tiny/b4_e2" in health["models"]["bccd"]["description"]
     status, body = http_post_detect(served_cli, encode(smear_image(128, 128)), model="bccd")
     assert status == 200 and body["counts"] == {"RBC": 16, "WBC": 16, "Platelets": 64}
+
+
+def test_coco_slot_prepares_input_as_darknet_does(tmp_path: Path) -> None:
+    served = load_coco_model(
+        write_coco_weights(tmp_path / "yolov3-tiny.weights"), torch.device("cpu"), IMG_SIZE
+    )
+    wide = np.full((IMG_SIZE // 2, IMG_SIZE, 3), 255, dtype=np.uint8)
+    batch, placement = served.preprocess(wide)
+    assert batch.dtype == torch.float32 and batch.shape == (1, 3, IMG_SIZE, IMG_SIZE)
+    band = IMG_SIZE // 4  # half the height is padding, split above and below
+    assert torch.all(batch[0, :, : band - 1] == 0.5)  # Darknet's grey, not 114/255
+    assert torch.all(batch[0, :, band + 1 : IMG_SIZE - band - 1] == 1.0)
+    assert isinstance(placement, DarknetPlacement)
+    assert served.nms_iou == DARKNET_NMS_IOU == 0.45

@@ -16,6 +16,10 @@ Preprocessing and post-processing are those of the evaluation
 letterbox onto a grey square, RGB in [0, 1], the shared :func:`non_max_suppression` with the
 evaluation's NMS IoU, and boxes mapped back to original pixels and clipped to the image. So a
 detection the app shows at confidence c is one the evaluation scored at c.
+
+The COCO slot instead prepares its input as Darknet does (``letterbox_image``: Darknet's bilinear
+resize, padding 0.5 grey, boxes mapped back by ``correct_yolo_boxes``) and uses Darknet's NMS
+IoU 0.45, so the official weights see what they were trained and published with.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from detbench.models import (
     expected_weights_bytes,
     load_darknet_weights,
 )
+from detbench.models.pretrained import DARKNET_NMS_IOU, DarknetPlacement, darknet_letterbox
 from detbench.models.weights import HEADER_BYTES_INT32_SEEN, HEADER_BYTES_INT64_SEEN
 from detbench.web.settings import COCO_IMG_SIZE, InferenceSettings
 
@@ -109,6 +114,8 @@ class ServedModel:
         device: torch.device,
         source: Path,
         description: str,
+        darknet_input: bool = False,
+        nms_iou: float | None = None,
     ) -> None:
         self.key = key
         self.model = model.to(device).eval()
@@ -118,6 +125,8 @@ class ServedModel:
         self.device = device
         self.source = source
         self.description = description
+        self.darknet_input = darknet_input
+        self.nms_iou = nms_iou  # None: the request settings' (the evaluation's)
         self.precision = select_precision(device, amp=True)
         self._lock = threading.Lock()
 
@@ -133,9 +142,14 @@ class ServedModel:
             "precision": self.precision.name,
         }
 
-    def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, Letterbox]:
-        """BGR uint8 image -> (1, 3, S, S) uint8 RGB tensor and the letterbox mapping, exactly
-        as DetectionDataset.sample prepares an evaluation image."""
+    def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, Letterbox | DarknetPlacement]:
+        """BGR uint8 image -> (1, 3, S, S) RGB tensor and the mapping back to the image: uint8
+        exactly as DetectionDataset.sample prepares an evaluation image, or float in [0, 1] as
+        Darknet's letterbox_image makes it (``darknet_input``)."""
+        if self.darknet_input:
+            rgb = np.ascontiguousarray(image[:, :, ::-1])
+            boxed, darknet_placement = darknet_letterbox(rgb, self.img_size)
+            return torch.from_numpy(boxed).unsqueeze(0), darknet_placement
         resized, ratio = resize_long_side(image, self.img_size)
         canvas, _, placement = letterbox(resized, np.zeros((0, 4)), self.img_size)
         transform = Letterbox(ratio, placement.pad_x, placement.pad_y)
@@ -150,13 +164,15 @@ class ServedModel:
         dtype = self.precision.dtype
         with self._lock, torch.inference_mode():
             start = time.perf_counter()
-            inputs = batch.to(self.device).float().div_(255)
+            inputs = batch.to(self.device)
+            if inputs.dtype == torch.uint8:
+                inputs = inputs.float().div_(255)
             with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
                 decoded, _ = self.model(inputs)
             found = non_max_suppression(
                 decoded,
                 conf_threshold=confidence,
-                iou_threshold=settings.nms_iou,
+                iou_threshold=self.nms_iou if self.nms_iou is not None else settings.nms_iou,
                 max_detections=settings.max_detections,
             )[0]  # its .cpu() waits for the GPU, so the time below is complete
             elapsed_ms = (time.perf_counter() - start) * 1000
@@ -176,7 +192,7 @@ class ServedModel:
 
 
 def to_original_pixels(
-    found: Detections, transform: Letterbox, width: int, height: int
+    found: Detections, transform: Letterbox | DarknetPlacement, width: int, height: int
 ) -> Detections:
     """Canvas boxes -> original-image boxes, clipped to the image as the evaluation does.
 
@@ -265,7 +281,10 @@ def load_coco_model(
         img_size=img_size,
         device=device,
         source=path,
-        description=f"{architecture} Darknet COCO weights, input {img_size} px",
+        description=f"{architecture} Darknet COCO weights, input {img_size} px, Darknet's "
+        "letterbox and NMS IoU 0.45",
+        darknet_input=True,
+        nms_iou=DARKNET_NMS_IOU,
     )
     served.warm_up()
     return served
