@@ -83,7 +83,7 @@ def model_weights(wildcards):
 
 def starting_weights_file(wildcards):
     """The official Darknet file a cell starts from (none when training from scratch)."""
-    from detbench.models.pretrained import starting_weights
+    from detbench.darknet_files import starting_weights
 
     file = starting_weights(wildcards.model, model_weights(wildcards))
     return [] if file is None else f"results/weights/{file.name}"

@@ -15,21 +15,23 @@ import pytest
 import torch
 from http_server import LocalHTTPServer, http_server_fixture  # noqa: F401 (fixture)
 
-from detbench.errors import DetbenchError
-from detbench.models import YOLO, build_model, expected_weights_bytes, save_darknet_weights
-from detbench.models.darknet import ConvBlock
-from detbench.models.pretrained import (
+from detbench.darknet_files import (
     DARKNET53_BACKBONE,
     STARTING_WEIGHTS,
     YOLOV3_COCO,
     YOLOV3_TINY_COCO,
     WeightsFile,
+    starting_weights,
+)
+from detbench.errors import DetbenchError
+from detbench.models import YOLO, build_model, expected_weights_bytes, save_darknet_weights
+from detbench.models.darknet import ConvBlock
+from detbench.models.pretrained import (
     darknet_letterbox,
     darknet_resize,
     default_weights_dir,
     fetch_weights,
     load_pretrained,
-    starting_weights,
     verify_weights,
 )
 from detbench.models.weights import conv_tensors

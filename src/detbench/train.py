@@ -138,7 +138,9 @@ def resolve_workers(workers: int | str, device: torch.device) -> int:
         # On a CPU the model step dwarfs loading (cached images, cheap augmentation), and worker
         # processes would compete with it for the same cores.
         return 0
-    return min(8, os.cpu_count() or 1)
+    # The CPUs this process may use (a Slurm job's allocation), not the whole node's.
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(8, usable or 1)
 
 
 def make_train_loader(

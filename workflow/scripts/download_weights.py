@@ -6,7 +6,8 @@ from pathlib import Path
 # detbench from this checkout, also where it is not installed (e.g. a conda env of its own).
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
-from detbench.models.pretrained import fetch_weights, weights_file_named
+from detbench.darknet_files import weights_file_named
+from detbench.models.pretrained import fetch_weights
 from detbench.workflow import run_rule
 
 
