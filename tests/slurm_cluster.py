@@ -30,6 +30,8 @@ from pathlib import Path
 # every Slurm command finds it without one ("Could not establish a configuration source").
 SLURM_ETC = Path("/etc/slurm")
 CONFIG_FILES = ("slurm.conf", "gres.conf")
+CONF_MARKER = "# Written by tests/slurm_cluster.py"
+GRES_CONF = "Name=gpu File=/dev/null\n"
 BINARIES = ("munged", "munge", "unmunge", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol")
 BINARIES += ("scancel", "sinfo", "srun")
 PORTS = (6817, 6818)  # slurmctld, slurmd
@@ -294,13 +296,13 @@ def _slurm_config(state_dir: Path, node: str) -> Iterator[None]:
     SLURM_ETC.mkdir(parents=True, exist_ok=True)
     saved = []
     for name in CONFIG_FILES:
-        if (SLURM_ETC / name).exists():
+        if (SLURM_ETC / name).exists() and not _left_by_a_killed_run(SLURM_ETC / name):
             shutil.copy2(SLURM_ETC / name, backup / name)
             saved.append(name)
     try:
         (SLURM_ETC / "slurm.conf").write_text(_slurm_conf(state_dir, node))
         # A File is needed: without one slurmd reports no GPU and the node is drained.
-        (SLURM_ETC / "gres.conf").write_text("Name=gpu File=/dev/null\n")
+        (SLURM_ETC / "gres.conf").write_text(GRES_CONF)
         yield
     finally:
         for name in CONFIG_FILES:
@@ -308,6 +310,15 @@ def _slurm_config(state_dir: Path, node: str) -> Iterator[None]:
                 shutil.copy2(backup / name, SLURM_ETC / name)
             else:
                 (SLURM_ETC / name).unlink(missing_ok=True)
+
+
+def _left_by_a_killed_run(path: Path) -> bool:
+    """Our own file, left behind by a test run that was killed before it could put the
+    original back: not worth keeping (it points at a controller that is gone, and every
+    `scontrol` would wait for it)."""
+    if path.name == "gres.conf":
+        return path.read_text() == GRES_CONF
+    return path.read_text().startswith(CONF_MARKER)
 
 
 def _node_state(node: str) -> str:
