@@ -19,7 +19,7 @@ demo: $(BIN)/detbench
 	@echo "Summary of the demo study: results/summary.csv"
 
 test: $(BIN)/detbench
-	$(BIN)/ruff check src tests workflow/scripts
+	$(BIN)/ruff check src tests workflow/scripts benchmarks
 	$(BIN)/snakefmt --check Snakefile rules
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
 	$(BIN)/pytest

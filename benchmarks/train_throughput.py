@@ -1,0 +1,237 @@
+"""Training throughput per model x batch, against the hardware's own limit (issue 8).
+
+For each model and batch size, on the current device (CUDA when present, else the CPU):
+
+* **bare step**: `detbench.train.train_step` (forward, loss, backward, optimizer, EMA) on one
+  batch already resident on the device, repeated: what the model alone costs;
+* **real loop**: the same `train_step` fed by the real DataLoader (cached images, augmentation,
+  collation, pinned memory and workers as training sets them up): what a training epoch costs.
+
+Their ratio is what the input pipeline costs. Model FLOP utilisation (MFU) = achieved model
+FLOP/s over a peak measured in the same run: a square matmul in the training dtype. Model FLOPs
+per image = 3 x forward FLOPs (forward + backward's two products), forward FLOPs counted from the
+model's convolutions the way Darknet counts them (2 x multiply-adds): yolov3 65.9 GFLOPs and
+yolov3-tiny 5.6 at 416 px.
+
+    .venv/bin/python benchmarks/train_throughput.py                      # CPU: yolov3-tiny b8
+    .venv/bin/python benchmarks/train_throughput.py --models yolov3 yolov3-tiny --batches 8 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from collections.abc import Callable
+
+import torch
+from common import environment, prepare_manifest, print_table, work_dir, write_json
+from torch import nn
+
+from detbench.config import TrainHyperparameters
+from detbench.data.dataset import Batch, DatasetManifest
+from detbench.device import Precision, select_device, select_precision
+from detbench.loss import YoloLoss
+from detbench.models import build_model
+from detbench.profiling.kernels import endless_batches
+from detbench.profiling.resources import shutdown_loader_workers
+from detbench.train import (
+    TrainingState,
+    TrainSettings,
+    build_training_model,
+    make_train_loader,
+    seed_everything,
+    train_step,
+)
+
+
+def forward_flops(model_name: str, img_size: int, num_classes: int = 80) -> float:
+    """Forward FLOPs of one image, Darknet's way: 2 x multiply-adds of every convolution."""
+    model = build_model(model_name, num_classes=num_classes).eval()
+    total = 0.0
+
+    def count(module: nn.Conv2d, _inputs: object, output: torch.Tensor) -> None:
+        nonlocal total
+        kh, kw = module.kernel_size
+        macs_per_output = module.in_channels // module.groups * kh * kw
+        total += 2.0 * output[0].numel() * macs_per_output
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, img_size, img_size))
+    for hook in hooks:
+        hook.remove()
+    return total
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_matmul_flops(device: torch.device, precision: Precision) -> tuple[float, str]:
+    """FLOP/s of a large square matmul in the dtype training computes its convolutions in."""
+    dtype = precision.dtype or torch.float32
+    n = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    synchronize(device)
+    repeats = 20 if device.type == "cuda" else 5
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    return 2.0 * n**3 * repeats / seconds, f"{n}x{n} {str(dtype).removeprefix('torch.')} matmul"
+
+
+@dataclasses.dataclass
+class Timing:
+    ms_per_step: float
+    images_per_s: float
+
+
+def time_steps(
+    step: Callable[[], None], steps: int, warmup: int, batch: int, device: torch.device
+) -> Timing:
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    return Timing(1000 * seconds / steps, batch * steps / seconds)
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    return dataclasses.replace(
+        batch, images=batch.images.to(device), targets=batch.targets.to(device)
+    )
+
+
+def measure(
+    model_name: str,
+    batch: int,
+    args: argparse.Namespace,
+    manifest: DatasetManifest,
+    device: torch.device,
+    precision: Precision,
+) -> dict[str, float]:
+    settings = TrainSettings(
+        model=model_name,
+        batch_size=batch,
+        epochs=1,
+        img_size=args.img_size,
+        hyp=TrainHyperparameters(compile=args.compile),
+    )
+    seed_everything(0)
+    loader = make_train_loader(manifest, settings, device)
+    model = build_training_model(settings, len(manifest.class_names)).to(device)
+    state = TrainingState.create(model, settings, precision, device)
+    model.train()
+    loss_fn = YoloLoss(model, settings.hyp)
+    batches = endless_batches(loader)
+    resident = to_device(next(batches), device)
+
+    bare = time_steps(
+        lambda: train_step(state, resident, loss_fn, precision, device),
+        args.steps,
+        args.warmup,
+        batch,
+        device,
+    )
+    real = time_steps(
+        lambda: train_step(state, next(batches), loss_fn, precision, device),
+        args.steps,
+        args.warmup,
+        batch,
+        device,
+    )
+    batches.close()
+    shutdown_loader_workers(loader)
+    peak_memory = (
+        torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    )
+    return {
+        "bare_ms_per_step": bare.ms_per_step,
+        "bare_images_per_s": bare.images_per_s,
+        "real_ms_per_step": real.ms_per_step,
+        "real_images_per_s": real.images_per_s,
+        "real_over_bare_time": real.ms_per_step / bare.ms_per_step,
+        "loader_workers": loader.num_workers,
+        "peak_gpu_memory_gib": peak_memory,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=None,
+                        help="default: both on CUDA, yolov3-tiny on the CPU")
+    parser.add_argument("--batches", type=int, nargs="+", default=None,
+                        help="default: 8 16 32 on CUDA, 8 on the CPU")
+    parser.add_argument("--img-size", type=int, default=416)
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (CUDA 30, CPU 8)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps (CUDA 10, CPU 2)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the forward pass")
+    parser.add_argument("--output", help="write the figures as JSON here")
+    args = parser.parse_args()
+
+    device = select_device("auto")
+    cuda = device.type == "cuda"
+    args.models = args.models or (["yolov3-tiny", "yolov3"] if cuda else ["yolov3-tiny"])
+    args.batches = args.batches or ([8, 16, 32] if cuda else [8])
+    args.steps = args.steps or (30 if cuda else 8)
+    args.warmup = args.warmup if args.warmup is not None else (10 if cuda else 2)
+    precision = select_precision(device, amp=True)
+    manifest_path, data = prepare_manifest(work_dir("data"))
+    manifest = DatasetManifest.load(manifest_path)
+    peak, peak_how = peak_matmul_flops(device, precision)
+
+    rows, results = [], []
+    for model_name in args.models:
+        coco_gflops = forward_flops(model_name, args.img_size) / 1e9
+        print(f"{model_name}: {coco_gflops:.1f} forward GFLOPs at {args.img_size} px with COCO's "
+              "80 classes (Darknet: yolov3 65.9, yolov3-tiny 5.6 at 416)")
+        flops_per_image = 3 * forward_flops(model_name, args.img_size, len(manifest.class_names))
+        for batch in args.batches:
+            figures = measure(model_name, batch, args, manifest, device, precision)
+            mfu = flops_per_image * figures["bare_images_per_s"] / peak
+            real_mfu = flops_per_image * figures["real_images_per_s"] / peak
+            figures |= {
+                "model": model_name,
+                "batch": batch,
+                "train_gflops_per_image": flops_per_image / 1e9,
+                "bare_mfu": mfu,
+                "real_mfu": real_mfu,
+            }
+            results.append(figures)
+            rows.append([
+                model_name, batch, figures["bare_ms_per_step"], figures["bare_images_per_s"],
+                figures["real_ms_per_step"], figures["real_images_per_s"],
+                figures["real_over_bare_time"], 100 * mfu, 100 * real_mfu,
+                figures["loader_workers"],
+            ])
+    env = environment(device)
+    print(f"training throughput at {args.img_size} px on {env['device_name']} ({device}, "
+          f"{precision.name}); data: {data}")
+    print(f"peak: {peak / 1e12:.3g} TFLOP/s ({peak_how}); model FLOPs/image = 3 x forward "
+          "(Darknet count: 2 x conv multiply-adds)")
+    print_table(["model", "batch", "bare ms/step", "bare img/s", "real ms/step", "real img/s",
+                 "real/bare time", "bare MFU %", "real MFU %", "workers"], rows)
+    write_json(args.output, {
+        "environment": env,
+        "data": data,
+        "precision": precision.name,
+        "peak_flops": peak,
+        "peak_measured_with": peak_how,
+        "settings": {k: v for k, v in vars(args).items() if k != "output"},
+        "results": results,
+    })
+
+
+if __name__ == "__main__":
+    main()
