@@ -365,3 +365,39 @@ def test_fingerprint_ignores_only_the_device_choice() -> None:
         TrainSettings("yolov3", 4, 3, 64, 0, hyp=TrainHyperparameters(workers=0)),
     ):
         assert changed.fingerprint() != base, changed
+
+
+@pytest.mark.slow
+def test_compiled_forward_trains_like_eager() -> None:
+    """train.compile runs the forward through torch.compile; the module, its state_dict keys
+    and the step's result stay those of the eager model."""
+    from detbench.data.dataset import Batch
+    from detbench.device import select_precision
+    from detbench.loss import YoloLoss
+
+    device = torch.device("cpu")
+    precision = select_precision(device, amp=True)
+    images = torch.randint(
+        0, 256, (2, 3, 96, 96), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    targets = torch.tensor([[0, 0, 0.5, 0.5, 0.2, 0.2], [1, 1, 0.3, 0.3, 0.1, 0.1]])
+    batch = Batch(images, targets, ["a", "b"], [])
+    results = {}
+    for compile_forward in (False, True):
+        settings = TrainSettings(
+            "yolov3-tiny", 2, 1, img_size=96, hyp=TrainHyperparameters(compile=compile_forward)
+        )
+        torch.manual_seed(0)
+        model = train_module.build_training_model(settings, 3)
+        state = train_module.TrainingState.create(model, settings, precision, device)
+        loss_fn = YoloLoss(model, settings.hyp)
+        items = [
+            train_module.train_step(state, batch, loss_fn, precision, device) for _ in range(2)
+        ]
+        results[compile_forward] = (items, model.state_dict())
+    (eager_items, eager_state), (compiled_items, compiled_state) = results[False], results[True]
+    assert list(compiled_state) == list(eager_state)
+    for eager, compiled in zip(eager_items, compiled_items, strict=True):
+        assert compiled.total == pytest.approx(eager.total, rel=1e-3)
+    for name, tensor in eager_state.items():
+        torch.testing.assert_close(compiled_state[name], tensor, rtol=1e-3, atol=1e-4)

@@ -615,7 +615,7 @@ def train_step(
     if state.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device.type, dtype=precision.dtype, enabled=precision.dtype is not None):
-        raw = (state.forward or state.model)(images)
+        raw = (state.forward if state.forward is not None else state.model)(images)
     loss, items = loss_fn(raw, batch.targets)
     if not math.isfinite(items.total):
         raise NonFiniteLoss(items.total)
