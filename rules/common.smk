@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from detbench.aggregate import find_cells
-from detbench.config import validate_config
+from detbench.config import validate_config, without_runtime_keys
 from detbench.data.prepare import check_source
 from detbench.errors import DetbenchError
 
@@ -107,7 +107,7 @@ def train_config(wildcards):
         "img_size": config["img_size"],
         "dataset": {key: config["dataset"][key] for key in TRAINING_DATASET_KEYS},
         "weights": model_weights(wildcards),
-        "train": config["train"],
+        "train": without_runtime_keys(config["train"]),
     }
 
 
@@ -115,7 +115,7 @@ def evaluate_config(wildcards):
     """What a cell's evaluation depends on: changing only this re-evaluates, never retrains."""
     return {
         "dataset": config["dataset"],
-        "train": config["train"],
+        "train": without_runtime_keys(config["train"]),
         "evaluate": config["evaluate"],
     }
 

@@ -350,11 +350,12 @@ def test_progress_under_new_settings_is_not_discarded_for_foreign_checkpoints(
     assert state is not None and state["epoch"] == 1, f"epoch 1 was not kept: {kept}"
 
 
-def test_fingerprint_ignores_only_the_device_choice() -> None:
+def test_fingerprint_ignores_only_how_the_cell_runs() -> None:
     base = SHORT.fingerprint()
     for hyp in (
         TrainHyperparameters(workers=4),
         TrainHyperparameters(workers=0, device="cpu"),
+        TrainHyperparameters(channels_last=False, cudnn_benchmark=False, compile=True),
     ):
         same = TrainSettings("yolov3-tiny", batch_size=4, epochs=3, img_size=64, seed=0, hyp=hyp)
         assert same.fingerprint() == base
@@ -363,6 +364,7 @@ def test_fingerprint_ignores_only_the_device_choice() -> None:
         TrainSettings("yolov3-tiny", 4, 4, 64, 0, hyp=TrainHyperparameters(workers=0)),
         TrainSettings("yolov3-tiny", 4, 3, 64, 1, hyp=TrainHyperparameters(workers=0)),
         TrainSettings("yolov3", 4, 3, 64, 0, hyp=TrainHyperparameters(workers=0)),
+        TrainSettings("yolov3-tiny", 4, 3, 64, 0, hyp=TrainHyperparameters(amp=False)),
     ):
         assert changed.fingerprint() != base, changed
 

@@ -280,6 +280,29 @@ def test_changing_evaluation_settings_does_not_retrain(
 
 
 @pytest.mark.slow
+def test_changing_how_cells_run_retrains_nothing(
+    tiny_study: dict[str, Any], snakemake: Callable[..., Any]
+) -> None:
+    """Device and speed settings (RUNTIME_TRAIN_KEYS) change how a cell runs, not its result."""
+    config = json.loads(json.dumps(tiny_study["config"]))
+    config["train"].update(workers=1, device="cpu", channels_last=False, compile=True)
+    workdir = tiny_study["workdir"]
+    _write_config(workdir / "runtime-change.yaml", config)
+    run = snakemake(workdir, "-n", "--configfile", "runtime-change.yaml")
+    assert run.returncode == 0, run.describe()
+    stats = run.job_stats()
+    assert "train" not in stats and "evaluate" not in stats, run.describe()
+    # The profiles do rerun: channels_last and compile change the kernels they record.
+    assert stats.get("profile") == 4, run.describe()
+
+    config["train"]["lr0"] = 0.005  # what a cell computes: every cell retrains
+    _write_config(workdir / "lr-change.yaml", config)
+    run = snakemake(workdir, "-n", "--configfile", "lr-change.yaml")
+    assert run.returncode == 0, run.describe()
+    assert run.job_stats().get("train") == 8, run.describe()
+
+
+@pytest.mark.slow
 def test_other_platform_is_summarised_without_retraining(
     tiny_study: dict[str, Any],
     tmp_path: Path,

@@ -22,6 +22,22 @@ from detbench.errors import DetbenchError
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
+# How a cell runs, not what it computes: changing one of these ``train:`` keys neither retrains
+# nor re-evaluates a finished cell (they are kept out of the rules' params, which Snakemake
+# compares) nor discards a cell's checkpoints (TrainSettings.fingerprint ignores them).
+RUNTIME_TRAIN_KEYS = ("workers", "device", "channels_last", "cudnn_benchmark", "compile")
+
+
+def without_runtime_keys(train: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``train:`` section minus RUNTIME_TRAIN_KEYS: what a cell's result depends on."""
+    return {key: value for key, value in train.items() if key not in RUNTIME_TRAIN_KEYS}
+
+
+def with_runtime_keys(train: Mapping[str, Any], workflow_config: Mapping[str, Any]) -> dict:
+    """A rule's ``train:`` params completed with the run's RUNTIME_TRAIN_KEYS."""
+    runtime = workflow_config.get("train", {})
+    return {**train, **{key: runtime[key] for key in RUNTIME_TRAIN_KEYS if key in runtime}}
+
 
 @cache
 def load_schema() -> dict[str, Any]:

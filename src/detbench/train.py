@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from detbench import atomic
-from detbench.config import TrainHyperparameters
+from detbench.config import RUNTIME_TRAIN_KEYS, TrainHyperparameters
 from detbench.data.augment import AugmentSettings
 from detbench.data.dataset import Batch, DatasetManifest, DetectionDataset, collate
 from detbench.device import Precision, select_device, select_precision
@@ -74,9 +74,9 @@ class TrainSettings:
     hyp: TrainHyperparameters = dataclasses.field(default_factory=TrainHyperparameters)
 
     def fingerprint(self) -> str:
-        """Identifies settings a checkpoint may be resumed under (device choice excluded)."""
+        """Identifies settings a checkpoint may be resumed under (how it runs excluded)."""
         values = dataclasses.asdict(self)
-        for key in ("workers", "device"):
+        for key in RUNTIME_TRAIN_KEYS:
             values["hyp"].pop(key)
         text = json.dumps(values, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -6,7 +6,7 @@ from pathlib import Path
 # detbench from this checkout, also where it is not installed (e.g. a conda env of its own).
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
-from detbench.config import EvalSettings, TrainHyperparameters
+from detbench.config import EvalSettings, TrainHyperparameters, with_runtime_keys
 from detbench.evaluate import evaluate_cell
 from detbench.workflow import run_rule
 
@@ -18,7 +18,8 @@ def main() -> None:
         Path(snakemake.input.dataset) / "manifest.json",
         config["dataset"]["eval_split"],
         EvalSettings.from_dict(config["evaluate"]),
-        TrainHyperparameters.from_dict(config["train"]),
+        # Device and speed settings from the workflow config: see RUNTIME_TRAIN_KEYS.
+        TrainHyperparameters.from_dict(with_runtime_keys(config["train"], snakemake.config)),
         snakemake.output.metrics,
         snakemake.output.detections,
         cell=dict(snakemake.wildcards),

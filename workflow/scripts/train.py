@@ -6,13 +6,18 @@ from pathlib import Path
 # detbench from this checkout, also where it is not installed (e.g. a conda env of its own).
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
+from detbench.config import with_runtime_keys
 from detbench.train import TrainOutputs, train, train_settings_from_config
 from detbench.workflow import run_rule
 
 
 def main() -> None:
+    # The run's device and speed settings come from the workflow config, not the params:
+    # changing them must not retrain the cell (see detbench.config.RUNTIME_TRAIN_KEYS).
+    config = dict(snakemake.params.config)
+    config["train"] = with_runtime_keys(config["train"], snakemake.config)
     settings = train_settings_from_config(
-        snakemake.params.config,
+        config,
         model=snakemake.wildcards.model,
         batch_size=int(snakemake.wildcards.batch),
         epochs=int(snakemake.wildcards.epochs),
@@ -32,7 +37,7 @@ def main() -> None:
         threads=snakemake.threads,
         weights_file=weights_file,
         platform_label=snakemake.wildcards.platform,
-        cell_config=snakemake.params.config,
+        cell_config=config,
     )
 
 
