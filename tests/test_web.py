@@ -397,6 +397,7 @@ def test_confidence_threshold_filters(client: Any, confidence: str, counts: dict
 def test_coco_model(client: Any) -> None:
     body = post_image(client, encode(smear_image(256, 256)), model="coco").get_json()
     assert body["model"] == "coco" and body["architecture"] == "yolov3-tiny"
+    assert body["nms_iou"] == DARKNET_NMS_IOU  # the NMS that ran, not the app's default
     assert body["counts"] == {"person": 16, "car": 16, "dog": 64}
     assert_detections(body, expected_detections(256, COCO_RIGGED))
 

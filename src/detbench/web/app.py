@@ -125,7 +125,7 @@ def create_app(config: WebConfig, registry: ModelRegistry | None = None) -> Flas
             "width": prediction.width,
             "height": prediction.height,
             "confidence": confidence,
-            "nms_iou": config.inference.nms_iou,
+            "nms_iou": served.nms_iou_for(config.inference),
             "detections": prediction.detection_list(),
             "counts": prediction.counts(),
             "inference_ms": round(prediction.inference_ms, 2),

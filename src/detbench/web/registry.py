@@ -156,6 +156,11 @@ class ServedModel:
         chw = np.ascontiguousarray(canvas[:, :, ::-1].transpose(2, 0, 1))
         return torch.from_numpy(chw).unsqueeze(0), transform
 
+    def nms_iou_for(self, settings: InferenceSettings) -> float:
+        """The NMS IoU this model's detections use: its own (Darknet's, for the COCO weights)
+        or the app's, which is the evaluation's."""
+        return self.nms_iou if self.nms_iou is not None else settings.nms_iou
+
     def predict(
         self, image: np.ndarray, confidence: float, settings: InferenceSettings
     ) -> Prediction:
@@ -172,7 +177,7 @@ class ServedModel:
             found = non_max_suppression(
                 decoded,
                 conf_threshold=confidence,
-                iou_threshold=self.nms_iou if self.nms_iou is not None else settings.nms_iou,
+                iou_threshold=self.nms_iou_for(settings),
                 max_detections=settings.max_detections,
             )[0]  # its .cpu() waits for the GPU, so the time below is complete
             elapsed_ms = (time.perf_counter() - start) * 1000
