@@ -49,9 +49,13 @@ def predict_split(
     loss_sums = np.zeros(3)
     start = time.perf_counter()
     model.eval()
+    if hyp.channels_last:  # as training runs it: see TrainingState.create
+        model.to(memory_format=torch.channels_last)
     with torch.inference_mode():
         for batch in loader:
             images = batch.images.to(device, non_blocking=True).float().div_(255)
+            if hyp.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(
                 device.type, dtype=precision.dtype, enabled=precision.dtype is not None
             ):

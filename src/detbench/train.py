@@ -402,7 +402,7 @@ class TrainingState:
         """The optimizer, scaler and EMA for ``model`` (already on ``device``), with the
         device's speed settings applied."""
         hyp = settings.hyp
-        channels_last = device.type == "cuda" and hyp.channels_last
+        channels_last = hyp.channels_last
         if channels_last:
             model.to(memory_format=torch.channels_last)
         if device.type == "cuda":

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from detbench.config import TrainHyperparameters
 from detbench.data.augment import Letterbox, letterbox, resize_long_side
 from detbench.data.coco import COCO_CLASSES
 from detbench.device import select_precision
@@ -116,6 +117,7 @@ class ServedModel:
         description: str,
         darknet_input: bool = False,
         nms_iou: float | None = None,
+        channels_last: bool = False,
     ) -> None:
         self.key = key
         self.model = model.to(device).eval()
@@ -127,6 +129,9 @@ class ServedModel:
         self.description = description
         self.darknet_input = darknet_input
         self.nms_iou = nms_iou  # None: the request settings' (the evaluation's)
+        self.channels_last = channels_last
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.precision = select_precision(device, amp=True)
         self._lock = threading.Lock()
 
@@ -172,6 +177,8 @@ class ServedModel:
             inputs = batch.to(self.device)
             if inputs.dtype == torch.uint8:
                 inputs = inputs.float().div_(255)
+            if self.channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
                 decoded, _ = self.model(inputs)
             found = non_max_suppression(
@@ -245,6 +252,9 @@ def load_bccd_model(
         device=device,
         source=path,
         description=f"{trained}; {origin}" if origin else trained,
+        # In the memory layout the evaluation runs it in, so the app's detections are the
+        # evaluation's to the last bit (the order of equal scores included).
+        channels_last=TrainHyperparameters().channels_last,
     )
     served.warm_up()
     return served
