@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from detbench import atomic
-from detbench.errors import DetbenchError
+from detbench.errors import DetbenchError, read_json
 
 CELL_PATTERN = re.compile(r"^b(?P<batch>\d+)_e(?P<epochs>\d+)$")
 NOT_PLATFORMS = {"datasets", "logs", "reference", "report", "weights"}
@@ -125,12 +124,7 @@ def cell_sort_key(cell: Path) -> tuple[str, str, int, int]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DetbenchError(f"{path}: missing (the cell is incomplete)") from None
-    except json.JSONDecodeError as exc:
-        raise DetbenchError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    data = read_json(path, missing="missing (the cell is incomplete)")
     if not isinstance(data, dict):
         raise DetbenchError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data

@@ -150,6 +150,15 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
+def _section_from_dict(cls: Any, values: Mapping[str, Any], section: str, noun: str) -> Any:
+    """``cls(**values)`` for one config section, an unknown key named in one line."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise DetbenchError(f"config: key {section}.{unknown[0]}: unknown {noun} setting")
+    return cls(**dict(values))
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainHyperparameters:
     """The ``train:`` section of the config (see the schema for each field's meaning)."""
@@ -187,11 +196,7 @@ class TrainHyperparameters:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainHyperparameters:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise DetbenchError(f"config: key train.{unknown[0]}: unknown training setting")
-        return cls(**dict(values))
+        return _section_from_dict(cls, values, "train", "training")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,11 +211,7 @@ class EvalSettings:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> EvalSettings:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise DetbenchError(f"config: key evaluate.{unknown[0]}: unknown evaluation setting")
-        return cls(**dict(values))
+        return _section_from_dict(cls, values, "evaluate", "evaluation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,8 +223,4 @@ class ProfileSettings:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ProfileSettings:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise DetbenchError(f"config: key profile.{unknown[0]}: unknown profile setting")
-        return cls(**dict(values))
+        return _section_from_dict(cls, values, "profile", "profile")

@@ -9,7 +9,6 @@ uninterrupted run would have seen.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from detbench.data.augment import (
     mosaic,
     resize_long_side,
 )
-from detbench.errors import DetbenchError
+from detbench.errors import DetbenchError, read_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,12 +71,7 @@ class DatasetManifest:
         path = Path(path)
         if path.is_dir():
             path = path / "manifest.json"
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DetbenchError(f"{path}: dataset manifest does not exist") from None
-        except json.JSONDecodeError as exc:
-            raise DetbenchError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        raw = read_json(path, missing="dataset manifest does not exist")
         try:
             image_dir = Path(raw["image_dir"])
             if not image_dir.is_absolute():

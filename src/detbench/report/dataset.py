@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 from detbench import atomic
-from detbench.errors import DetbenchError
+from detbench.errors import DetbenchError, read_json
 from detbench.report.document import Document
 from detbench.report.layout import ReportLayout
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DetbenchError(f"{path}: missing (convert the dataset first)") from None
-    except json.JSONDecodeError as exc:
-        raise DetbenchError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    manifest = read_json(path, missing="missing (convert the dataset first)")
     if "counts" not in manifest or "class_names" not in manifest:
         raise DetbenchError(f"{path}: no 'counts' or 'class_names' (not a detbench manifest)")
     return manifest
