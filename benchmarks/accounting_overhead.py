@@ -84,12 +84,7 @@ def run_once(
     if not monitored:
         train_module.TrainMonitor = NullMonitor  # type: ignore[assignment,misc]
         train_module.cell_provenance = lambda *args, **kwargs: {}  # type: ignore[assignment]
-    outputs = TrainOutputs(
-        weights=folder / "weights.pt",
-        history=folder / "history.csv",
-        record=folder / "run.json",
-        resume_dir=folder / "checkpoints",
-    )
+    outputs = TrainOutputs.in_folder(folder)
     try:
         start = time.perf_counter()
         train(settings, manifest, outputs, threads=threads)

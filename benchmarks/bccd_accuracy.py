@@ -48,9 +48,7 @@ def main() -> None:
         hyp=hyp,
     )
     cell = work / f"{args.model}_b{args.batch}_e{args.epochs}_{args.img_size}_s{args.seed}"
-    outputs = TrainOutputs(
-        cell / "weights.pt", cell / "history.csv", cell / "run.json", cell / "checkpoints"
-    )
+    outputs = TrainOutputs.in_folder(cell)
     start = time.perf_counter()
     record = train(settings, manifest, outputs, threads=args.threads)
     train_wall = time.perf_counter() - start

@@ -18,7 +18,6 @@ import io
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from common import environment, prepare_manifest, print_table, work_dir, write_json
 
@@ -31,6 +30,7 @@ from detbench.metrics import (
     ImageGroundTruth,
     coco_image_ids,
     evaluate_detections,
+    rounded_as_in_coco_results,
     to_coco_ground_truth,
     to_coco_results,
 )
@@ -69,9 +69,7 @@ def main() -> None:
     manifest_path, data = prepare_manifest(work)
     settings = TrainSettings(args.model, args.batch, 1, img_size=args.img_size)
     cell = work / f"{args.model}_b{args.batch}_{args.img_size}"
-    outputs = TrainOutputs(
-        cell / "weights.pt", cell / "history.csv", cell / "run.json", cell / "checkpoints"
-    )
+    outputs = TrainOutputs.in_folder(cell)
     record = train(settings, manifest_path, outputs, threads=args.threads)
     epoch_seconds = record["train_seconds"]
     weights = Path(args.weights) if args.weights else outputs.weights
@@ -84,12 +82,11 @@ def main() -> None:
     hyp = TrainHyperparameters()
     detections, _, predict_seconds = predict_split(model, dataset, EvalSettings(), hyp, device)
     ground_truth = {r.id: ImageGroundTruth(r.boxes_xyxy(), r.classes) for r in records}
-    # Both scorers get the detections as the COCO results JSON carries them (boxes to 3
-    # decimals, scores to 5): the ties that rounding makes must rank alike in both.
-    found = {
-        k: ImageDetections(np.round(d.boxes, 3), np.round(d.scores, 5), d.classes)
-        for k, d in detections.items()
-    }
+    # Both scorers get the detections as the COCO results JSON carries them: the ties that
+    # rounding makes must rank alike in both.
+    found = rounded_as_in_coco_results(
+        {k: ImageDetections(d.boxes, d.scores, d.classes) for k, d in detections.items()}
+    )
     start = time.perf_counter()
     metrics = evaluate_detections(ground_truth, found, manifest.class_names)
     ours_seconds = time.perf_counter() - start

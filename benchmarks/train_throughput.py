@@ -30,7 +30,7 @@ from torch import nn
 
 from detbench.config import TrainHyperparameters
 from detbench.data.dataset import Batch, DatasetManifest
-from detbench.device import Precision, select_device, select_precision
+from detbench.device import Precision, select_device, select_precision, synchronize
 from detbench.loss import YoloLoss
 from detbench.models import build_model
 from detbench.profiling.kernels import endless_batches
@@ -62,11 +62,6 @@ def forward_flops(model_name: str, img_size: int, num_classes: int = 80) -> floa
     for hook in hooks:
         hook.remove()
     return total
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def peak_matmul_flops(device: torch.device, precision: Precision) -> tuple[float, str]:

@@ -97,12 +97,7 @@ def tiny_trained_cell(synthetic_manifest: Path, tmp_path_factory: pytest.TempPat
     from detbench.train import TrainOutputs, TrainSettings, train
 
     out = tmp_path_factory.mktemp("tiny_cell")
-    outputs = TrainOutputs(
-        weights=out / "weights.pt",
-        history=out / "history.csv",
-        record=out / "run.json",
-        resume_dir=out / "checkpoints",
-    )
+    outputs = TrainOutputs.in_folder(out)
     settings = TrainSettings(
         model="yolov3-tiny",
         batch_size=4,

@@ -24,6 +24,7 @@ from detbench.metrics import (
     ImageGroundTruth,
     coco_image_ids,
     evaluate_detections,
+    rounded_as_in_coco_results,
     to_coco_ground_truth,
     to_coco_results,
 )
@@ -413,9 +414,7 @@ def test_agrees_with_pycocotools_on_real_bccd_detections(bccd_dir: Path, tmp_pat
     manifest_path = tmp_path / "yolo" / "manifest.json"
     settings = TrainSettings("yolov3-tiny", 8, 2, img_size=256, hyp=TrainHyperparameters(lr0=0.02))
     cell = tmp_path / "cell"
-    outputs = TrainOutputs(
-        cell / "weights.pt", cell / "history.csv", cell / "run.json", cell / "checkpoints"
-    )
+    outputs = TrainOutputs.in_folder(cell)
     train(settings, manifest_path, outputs, threads=2)
     model, metadata = load_trained_model(outputs.weights)
     records = DatasetManifest.load(manifest_path).records("val")
@@ -428,12 +427,11 @@ def test_agrees_with_pycocotools_on_real_bccd_detections(bccd_dir: Path, tmp_pat
         amp=False,
     )
     truth = {r.id: ImageGroundTruth(r.boxes_xyxy(), r.classes) for r in records}
-    # As the COCO results JSON carries them (boxes to 3 decimals, scores to 5): COCOeval reads
-    # that file, and the ties the rounding makes must rank the same in both.
-    dets = {
-        k: ImageDetections(np.round(d.boxes, 3), np.round(d.scores, 5), d.classes)
-        for k, d in found.items()
-    }
+    # As the COCO results JSON carries them: COCOeval reads that file, and the ties the
+    # rounding makes must rank the same in both.
+    dets = rounded_as_in_coco_results(
+        {k: ImageDetections(d.boxes, d.scores, d.classes) for k, d in found.items()}
+    )
     assert sum(len(d.scores) for d in dets.values()) > 20 * len(records)
 
     ours = evaluate_detections(truth, dets, class_names)

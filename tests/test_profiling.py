@@ -443,7 +443,7 @@ def test_resumed_train_job_counts_every_segment(
     first = tmp_path / "results" / "p1" / "yolov3-tiny" / "b4_e3"
     with monkeypatch.context() as patch:
         patch.setattr(train_module, "_remove_checkpoints", lambda resume_dir: None)
-        train(settings, synthetic_manifest, _outputs(first), threads=1)
+        train(settings, synthetic_manifest, TrainOutputs.in_folder(first), threads=1)
     checkpoint = torch.load(
         first / "checkpoints" / "epoch-00002.pt", map_location="cpu", weights_only=False
     )
@@ -454,7 +454,7 @@ def test_resumed_train_job_counts_every_segment(
     resumed.mkdir(parents=True)
     shutil.copytree(first / "checkpoints", resumed / "checkpoints")
     (resumed / "checkpoints" / "epoch-00003.pt").unlink()
-    record = train(settings, synthetic_manifest, _outputs(resumed), threads=1)
+    record = train(settings, synthetic_manifest, TrainOutputs.in_folder(resumed), threads=1)
     assert record["segments"] == 2
     resources = record["resources"]
     assert resources["segments_counted"] == 2
@@ -462,15 +462,6 @@ def test_resumed_train_job_counts_every_segment(
     assert resources["wall_time_s"] > before["wall_s"]
     assert resources["max_rss_kb"] >= before["max_rss_kb"]
     assert record["provenance"]["platform"] == "p2"  # read from the cell's path
-
-
-def _outputs(folder: Path) -> TrainOutputs:
-    return TrainOutputs(
-        weights=folder / "weights.pt",
-        history=folder / "history.csv",
-        record=folder / "run.json",
-        resume_dir=folder / "checkpoints",
-    )
 
 
 # --------------------------------------------------------------------------- provenance

@@ -4,6 +4,7 @@ exactly the result of an uninterrupted one (damaged or foreign checkpoints are n
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -25,15 +26,6 @@ from detbench.inference import load_trained_model
 from detbench.train import HISTORY_COLUMNS, TrainOutputs, TrainSettings, train
 
 LOSS_COLUMNS = ("lr", "train_box_loss", "train_obj_loss", "train_cls_loss", "train_total_loss")
-
-
-def _outputs(folder: Path) -> TrainOutputs:
-    return TrainOutputs(
-        weights=folder / "weights.pt",
-        history=folder / "history.csv",
-        record=folder / "run.json",
-        resume_dir=folder / "checkpoints",
-    )
 
 
 def _history(path: Path) -> list[dict[str, str]]:
@@ -71,7 +63,7 @@ def test_training_drives_the_loss_down(synthetic_manifest: Path, tmp_path: Path)
     # about 0.65 of the first's (other seeds: 0.65-0.8), the class loss about 0.4 (0.37-0.46).
     hyp = TrainHyperparameters(workers=0, translate=0.0, scale=0.0, hsv_h=0, hsv_s=0, hsv_v=0)
     settings = TrainSettings("yolov3-tiny", batch_size=2, epochs=10, img_size=96, seed=0, hyp=hyp)
-    train(settings, synthetic_manifest, _outputs(tmp_path), threads=1)
+    train(settings, synthetic_manifest, TrainOutputs.in_folder(tmp_path), threads=1)
     rows = _history(tmp_path / "history.csv")
     total = [float(row["train_total_loss"]) for row in rows]
     cls = [float(row["train_cls_loss"]) for row in rows]
@@ -105,7 +97,7 @@ def test_cell_outputs_are_complete(tiny_trained_cell: tuple[TrainOutputs, dict])
 def test_missing_train_split_is_a_one_line_error(synthetic_manifest: Path, tmp_path: Path) -> None:
     settings = TrainSettings("yolov3-tiny", batch_size=4, epochs=1, img_size=64, train_split="x")
     with pytest.raises(DetbenchError, match=r"manifest\.json: no split 'x'"):
-        train(settings, synthetic_manifest, _outputs(tmp_path))
+        train(settings, synthetic_manifest, TrainOutputs.in_folder(tmp_path))
 
 
 # --------------------------------------------------------------------------- resume after SIGKILL
@@ -122,8 +114,7 @@ settings = TrainSettings(
     model="yolov3-tiny", batch_size=4, epochs=6, img_size=96, seed=0,
     hyp=TrainHyperparameters(workers=0),
 )
-names = ("weights.pt", "history.csv", "run.json", "checkpoints")
-train(settings, manifest, TrainOutputs(*(out / name for name in names)), threads=1)
+train(settings, manifest, TrainOutputs.in_folder(out), threads=1)
 """
 
 
@@ -193,6 +184,8 @@ def test_resume_after_sigkill_is_identical_to_an_uninterrupted_run(
 SHORT = TrainSettings(
     "yolov3-tiny", batch_size=4, epochs=3, img_size=64, seed=0, hyp=TrainHyperparameters(workers=0)
 )
+# SHORT with another learning rate: checkpoints of one are foreign to the other.
+OTHER = dataclasses.replace(SHORT, hyp=TrainHyperparameters(workers=0, lr0=0.02))
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +198,7 @@ def run_with_checkpoints(
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train_module, "_remove_checkpoints", lambda resume_dir: None)
         try:
-            train(SHORT, synthetic_manifest, _outputs(folder), threads=1)
+            train(SHORT, synthetic_manifest, TrainOutputs.in_folder(folder), threads=1)
         finally:
             torch.set_num_threads(threads)
     names = sorted(p.name for p in (folder / "checkpoints").iterdir())
@@ -253,7 +246,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(
     _damage(folder / "checkpoints/epoch-00003.pt", how)
     caplog.set_level(logging.INFO, logger="detbench.train")
 
-    record = train(SHORT, synthetic_manifest, _outputs(folder), threads=1)
+    record = train(SHORT, synthetic_manifest, TrainOutputs.in_folder(folder), threads=1)
 
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("epoch-00003.pt" in m and "damaged" in m for m in warnings), warnings
@@ -276,7 +269,7 @@ def test_all_checkpoints_damaged_starts_afresh(
     _damage(folder / "checkpoints/epoch-00002.pt", "truncated")
     caplog.set_level(logging.INFO, logger="detbench.train")
 
-    record = train(SHORT, synthetic_manifest, _outputs(folder), threads=1)
+    record = train(SHORT, synthetic_manifest, TrainOutputs.in_folder(folder), threads=1)
 
     assert caplog.text.count("damaged") >= 2
     assert "resuming" not in caplog.text
@@ -291,24 +284,16 @@ def test_checkpoints_written_under_other_settings_are_ignored(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    other = TrainSettings(
-        "yolov3-tiny",
-        batch_size=4,
-        epochs=3,
-        img_size=64,
-        seed=0,
-        hyp=TrainHyperparameters(workers=0, lr0=0.02),
-    )
-    assert other.fingerprint() != SHORT.fingerprint()
+    assert OTHER.fingerprint() != SHORT.fingerprint()
     folder = _interrupted_copy(run_with_checkpoints, tmp_path / "cell")
     caplog.set_level(logging.INFO, logger="detbench.train")
 
-    record = train(other, synthetic_manifest, _outputs(folder), threads=1)
+    record = train(OTHER, synthetic_manifest, TrainOutputs.in_folder(folder), threads=1)
 
     assert "other settings" in caplog.text and "resuming" not in caplog.text
     assert record["segments"] == 1
     clean = tmp_path / "clean"
-    train(other, synthetic_manifest, _outputs(clean), threads=1)
+    train(OTHER, synthetic_manifest, TrainOutputs.in_folder(clean), threads=1)
     _assert_same_weights(clean / "weights.pt", folder / "weights.pt")
     assert _losses(clean / "history.csv") == _losses(folder / "history.csv")
 
@@ -326,14 +311,6 @@ def test_progress_under_new_settings_is_not_discarded_for_foreign_checkpoints(
 ) -> None:
     """Settings changed after a killed run: the new run's first epoch must be resumable even
     though the old run's (higher-numbered) checkpoints are still in the folder."""
-    other = TrainSettings(
-        "yolov3-tiny",
-        batch_size=4,
-        epochs=3,
-        img_size=64,
-        seed=0,
-        hyp=TrainHyperparameters(workers=0, lr0=0.02),
-    )
     folder = _interrupted_copy(run_with_checkpoints, tmp_path / "cell")
     save = train_module.save_checkpoint
 
@@ -343,9 +320,9 @@ def test_progress_under_new_settings_is_not_discarded_for_foreign_checkpoints(
 
     monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
     with pytest.raises(_Killed):
-        train(other, synthetic_manifest, _outputs(folder), threads=1)
+        train(OTHER, synthetic_manifest, TrainOutputs.in_folder(folder), threads=1)
 
-    state = train_module.load_latest_checkpoint(folder / "checkpoints", other.fingerprint())
+    state = train_module.load_latest_checkpoint(folder / "checkpoints", OTHER.fingerprint())
     kept = sorted(p.name for p in (folder / "checkpoints").glob("*.pt"))
     assert state is not None and state["epoch"] == 1, f"epoch 1 was not kept: {kept}"
 

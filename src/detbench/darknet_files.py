@@ -11,7 +11,6 @@ import dataclasses
 
 from detbench.errors import DetbenchError
 
-MODEL_NAMES = ("yolov3", "yolov3-tiny")
 WEIGHTS_KINDS = ("scratch", "backbone", "coco")
 COCO_NUM_CLASSES = 80
 
@@ -91,7 +90,7 @@ STARTING_WEIGHTS: dict[tuple[str, str], WeightsFile] = {
 
 def starting_weights(model_name: str, kind: str) -> WeightsFile | None:
     """The Darknet file a model starts from; None for ``scratch``."""
-    if model_name not in MODEL_NAMES:
+    if model_name not in {model for model, _ in STARTING_WEIGHTS}:
         raise DetbenchError(f"models.{model_name}: unknown model")
     if kind not in WEIGHTS_KINDS:
         raise DetbenchError(

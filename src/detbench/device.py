@@ -83,3 +83,10 @@ def select_precision(device: torch.device, amp: bool) -> Precision:
     if torch.cuda.is_bf16_supported():
         return Precision(dtype=torch.bfloat16, use_scaler=False)
     return Precision(dtype=torch.float16, use_scaler=True)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait until the device has run what was queued on it (a no-op on the CPU), so that a
+    clock read next includes that work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

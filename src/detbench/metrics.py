@@ -511,6 +511,29 @@ def to_coco_ground_truth(
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
+# The precision detections keep in a COCO results JSON.
+COCO_BOX_DECIMALS = 3
+COCO_SCORE_DECIMALS = 5
+
+
+def rounded_as_in_coco_results(
+    detections: Mapping[str, ImageDetections],
+) -> dict[str, ImageDetections]:
+    """The detections with boxes and scores rounded to the decimals a COCO results JSON keeps.
+
+    Score them this way to compare with COCOeval reading that JSON: rounding makes ties among
+    many low scores, and ties rank differently from the unrounded order.
+    """
+    return {
+        image_id: ImageDetections(
+            np.round(dets.boxes, COCO_BOX_DECIMALS),
+            np.round(dets.scores, COCO_SCORE_DECIMALS),
+            dets.classes,
+        )
+        for image_id, dets in detections.items()
+    }
+
+
 def to_coco_results(
     detections: Mapping[str, ImageDetections], image_id_map: Mapping[str, int]
 ) -> list[dict[str, Any]]:
@@ -530,8 +553,8 @@ def to_coco_results(
                 {
                     "image_id": coco_id,
                     "category_id": cls + 1,
-                    "bbox": [round(v, 3) for v in box],
-                    "score": round(score, 5),
+                    "bbox": [round(v, COCO_BOX_DECIMALS) for v in box],
+                    "score": round(score, COCO_SCORE_DECIMALS),
                 }
             )
     return results

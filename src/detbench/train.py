@@ -38,7 +38,7 @@ from detbench import atomic
 from detbench.config import RUNTIME_TRAIN_KEYS, TrainHyperparameters
 from detbench.data.augment import AugmentSettings
 from detbench.data.dataset import Batch, DatasetManifest, DetectionDataset, collate
-from detbench.device import Precision, select_device, select_precision
+from detbench.device import Precision, select_device, select_precision, synchronize
 from detbench.errors import DetbenchError
 from detbench.inference import save_trained_model
 from detbench.loss import LossItems, YoloLoss
@@ -88,6 +88,16 @@ class TrainOutputs:
     history: Path
     record: Path
     resume_dir: Path
+
+    @classmethod
+    def in_folder(cls, folder: Path) -> TrainOutputs:
+        """A cell's outputs under ``folder``, named as rules/train.smk names them."""
+        return cls(
+            weights=folder / "weights.pt",
+            history=folder / "history.csv",
+            record=folder / "run.json",
+            resume_dir=folder / "checkpoints",
+        )
 
 
 # --------------------------------------------------------------------------- data
@@ -660,8 +670,7 @@ def train_one_epoch(
             images_seen += len(batch.images)
             bar.update(1)
             bar.set_postfix(loss=f"{items.total:.3f}")
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     seconds = time.perf_counter() - start
     means = sums / max(steps_per_epoch, 1)
     return {

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader
 from detbench import atomic
 from detbench.config import ProfileSettings
 from detbench.data.dataset import Batch, DatasetManifest
-from detbench.device import select_device, select_precision
+from detbench.device import select_device, select_precision, synchronize
 from detbench.errors import DetbenchError
 from detbench.loss import YoloLoss
 from detbench.profiling.nvml import GpuTelemetry, cuda_device_uuid, load_nvml
@@ -158,11 +158,6 @@ def endless_batches(loader: DataLoader) -> Iterator[Batch]:
         epoch += 1
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 # --------------------------------------------------------------------------- the job
 
 
@@ -215,11 +210,11 @@ def profile_cell(
         for step in range(profile.warmup_steps + profile.steps):
             recording = step >= profile.warmup_steps
             if recording:
-                _synchronize(device)
+                synchronize(device)
                 start = time.perf_counter()
             train_step(state, next(batches), loss_fn, precision, device)
             if recording:
-                _synchronize(device)
+                synchronize(device)
                 recorded_seconds += time.perf_counter() - start
             profiler.step()
     batches.close()
