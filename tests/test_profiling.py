@@ -574,6 +574,9 @@ def test_cuda_table_is_made_of_gpu_activities_timed_on_the_device() -> None:
         _event("sm80_xmma_fprop_implicit_gemm", DeviceType.CUDA, 10, 0.0, 300.0),
         _event("Memcpy HtoD (Pageable -> Device)", DeviceType.CUDA, 2, 0.0, 40.0),
         _event("void at::native::elementwise_kernel", DeviceType.CUDA, 100, 0.0, 160.0),
+        # The step's region again, as a GPU annotation spanning its kernels (seen on an H100
+        # with torch 2.11, where it was reported as the "biggest kernel").
+        _event("ProfilerStep*", DeviceType.CUDA, 2, 0.0, 5000.0, annotation=True),
     ]
     table = activity_table(events, CUDA_ACTIVITY)
     assert [a.name for a in table] == [

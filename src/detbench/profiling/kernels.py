@@ -102,13 +102,17 @@ def activity_table(events: Iterable[Any], kind: str) -> list[Activity]:
     """
     rows = []
     for event in events:
+        if getattr(event, "is_user_annotation", False):
+            # ProfilerStep*, Optimizer.step#...: regions, not operators or kernels. On a GPU
+            # they come twice, the second time as a CUDA event spanning a whole step's kernels.
+            continue
         if kind == CUDA_ACTIVITY:
             if event.device_type != DeviceType.CUDA:
                 continue
             total = event.self_device_time_total
         else:
-            if event.device_type != DeviceType.CPU or getattr(event, "is_user_annotation", False):
-                continue  # ProfilerStep#, Optimizer.step#...: regions, not operators
+            if event.device_type != DeviceType.CPU:
+                continue
             total = event.self_cpu_time_total
         if event.count > 0:
             rows.append(Activity(str(event.key), int(event.count), float(total)))
