@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -16,13 +17,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import pytest
 import torch
 
 import detbench.train as train_module
 from detbench.config import TrainHyperparameters
+from detbench.data.dataset import DatasetManifest
 from detbench.errors import DetbenchError
 from detbench.inference import load_trained_model
+from detbench.models import build_model
 from detbench.train import HISTORY_COLUMNS, TrainOutputs, TrainSettings, train
 
 LOSS_COLUMNS = ("lr", "train_box_loss", "train_obj_loss", "train_cls_loss", "train_total_loss")
@@ -380,3 +384,52 @@ def test_compiled_forward_trains_like_eager() -> None:
         assert compiled.total == pytest.approx(eager.total, rel=1e-3)
     for name, tensor in eager_state.items():
         torch.testing.assert_close(compiled_state[name], tensor, rtol=1e-3, atol=1e-4)
+
+
+def test_ema_update_is_the_weighted_average_and_copies_counters() -> None:
+    """ModelEMA's multi-tensor update computes, tensor by tensor, exactly what the plain
+    formula does: ema = decay * ema + (1 - decay) * model; integer buffers are copied."""
+
+    torch.manual_seed(0)
+    model = build_model("yolov3-tiny", num_classes=3).train()
+    ema = train_module.ModelEMA(model, decay=0.9, ramp_updates=4)
+    expected = {k: v.clone() for k, v in ema.model.state_dict().items()}
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter))
+        model(torch.rand(2, 3, 64, 64))  # moves the BN statistics and their counters
+    ema.update(model)
+
+    decay = 0.9 * (1 - math.exp(-1 / 4))
+    source = model.state_dict()
+    for name, value in expected.items():
+        if value.dtype.is_floating_point:
+            value.mul_(decay).add_(source[name], alpha=1 - decay)
+        else:
+            value.copy_(source[name])
+    averaged = ema.model.state_dict()
+    counters = [k for k, v in averaged.items() if not v.dtype.is_floating_point]
+    assert counters and all(averaged[k].item() == 1 for k in counters)
+    for name, value in expected.items():
+        assert torch.equal(averaged[name], value), name
+    assert ema.updates == 1
+
+
+def test_loader_with_workers_forks_them_without_opencv_threads(synthetic_manifest: Path) -> None:
+    """With workers, OpenCV's pool is off before they fork (each would otherwise run a thread
+    per core); a loader without workers leaves OpenCV as it was. The batches still come."""
+    manifest = DatasetManifest.load(synthetic_manifest)
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(2)
+        settings = TrainSettings("yolov3-tiny", 4, 1, img_size=64,
+                                 hyp=TrainHyperparameters(workers=0))
+        train_module.make_train_loader(manifest, settings, torch.device("cpu"))
+        assert cv2.getNumThreads() == 2
+
+        settings = dataclasses.replace(settings, hyp=TrainHyperparameters(workers=2))
+        loader = train_module.make_train_loader(manifest, settings, torch.device("cpu"))
+        assert cv2.getNumThreads() in (0, 1)  # 0 asked for; some builds report 1
+        assert sum(len(batch.images) for batch in loader) == len(loader.dataset)
+    finally:
+        cv2.setNumThreads(before)
