@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import cv2
 import torch
 from common import environment, prepare_manifest, print_table, work_dir, write_json
 
@@ -44,6 +45,10 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=60)
     parser.add_argument("--img-size", type=int, default=416)
     parser.add_argument("--mosaic", type=float, default=0.0)
+    parser.add_argument("--opencv-threads", choices=["training", "opencv-default"],
+                        default="training",
+                        help="OpenCV's thread pool as training sets it (off before workers "
+                        "fork) or OpenCV's default, a thread per core in every worker (before)")
     parser.add_argument("--output")
     args = parser.parse_args()
 
@@ -61,11 +66,16 @@ def main() -> None:
         start = time.perf_counter()
         loader = make_train_loader(manifest, settings, torch.device("cpu"))
         cache_seconds = time.perf_counter() - start
+        if args.opencv_threads == "opencv-default" or workers == 0:
+            # As in a fresh training process: make_train_loader turns the pool off only when
+            # it forks workers, and a loader of an earlier row may have done so.
+            cv2.setNumThreads(-1)
         rate = images_per_second(loader, args.batches)
         rows.append([workers, rate, 1000 * args.batch / rate, cache_seconds])
         results.append({"workers": workers, "images_per_s": rate, "cache_s": cache_seconds})
         del loader
-    print(f"input pipeline, {args.img_size} px, batch {args.batch}, mosaic {args.mosaic}; "
+    print(f"input pipeline, {args.img_size} px, batch {args.batch}, mosaic {args.mosaic}, "
+          f"OpenCV threads: {args.opencv_threads}; "
           f"data: {data}; {environment(torch.device('cpu'))['device_name']}")
     print_table(["workers", "images/s", "ms/batch", "decode+cache (s)"], rows)
     write_json(args.output, {"environment": environment(torch.device("cpu")), "data": data,

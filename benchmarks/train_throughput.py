@@ -121,9 +121,11 @@ def measure(
         batch_size=batch,
         epochs=1,
         img_size=args.img_size,
-        hyp=TrainHyperparameters(compile=args.compile),
+        hyp=TrainHyperparameters(compile=args.compile, channels_last=not args.contiguous),
     )
     seed_everything(0)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # this cell's peak, not the run's
     loader = make_train_loader(manifest, settings, device)
     model = build_training_model(settings, len(manifest.class_names)).to(device)
     state = TrainingState.create(model, settings, precision, device)
@@ -139,10 +141,14 @@ def measure(
         batch,
         device,
     )
+    # On CUDA the real loop warms up over a whole epoch: the epoch's last, smaller batch is a
+    # new shape that cuDNN autotunes once per job (seconds for yolov3), which would otherwise
+    # land inside the timed steps (seen on an H100: yolov3 b8 "383 ms/step" against 45 bare).
+    real_warmup = len(loader) if device.type == "cuda" else args.warmup
     real = time_steps(
         lambda: train_step(state, next(batches), loss_fn, precision, device),
         args.steps,
-        args.warmup,
+        real_warmup,
         batch,
         device,
     )
@@ -172,6 +178,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps (CUDA 30, CPU 8)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps (CUDA 10, CPU 2)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the forward pass")
+    parser.add_argument("--contiguous", action="store_true",
+                        help="NCHW tensors instead of channels-last (the setting before)")
     parser.add_argument("--output", help="write the figures as JSON here")
     args = parser.parse_args()
 
@@ -211,8 +219,9 @@ def main() -> None:
                 figures["loader_workers"],
             ])
     env = environment(device)
+    layout = "NCHW" if args.contiguous else "channels-last"
     print(f"training throughput at {args.img_size} px on {env['device_name']} ({device}, "
-          f"{precision.name}); data: {data}")
+          f"{precision.name}, {layout}{', compiled' if args.compile else ''}); data: {data}")
     print(f"peak: {peak / 1e12:.3g} TFLOP/s ({peak_how}); model FLOPs/image = 3 x forward "
           "(Darknet count: 2 x conv multiply-adds)")
     print_table(["model", "batch", "bare ms/step", "bare img/s", "real ms/step", "real img/s",
