@@ -4,8 +4,9 @@ For each model x batch it runs what the workflow runs for a cell, in this proces
 current device: `detbench.train.train` for a few epochs, `evaluate_cell` on the eval split and
 `profile_cell` (the profile stage's job). From those it takes
 
-* **job overhead**: train job seconds minus its epochs (loader, model build, checkpoints,
-  weights, record), plus a fresh interpreter's imports, timed in a subprocess;
+* **job overhead**: train job seconds minus its epochs (loader, model build, weights, record,
+  and any resume checkpoint: with the default `checkpoint_interval_s` a job of a minute or less
+  writes none), plus a fresh interpreter's imports, timed in a subprocess;
 * **first-epoch extra**: the first epoch minus a steady one (cuDNN autotuning, worker start);
 * **steady epoch**: the last epoch's seconds;
 * **evaluate** and **profile** job seconds;
@@ -85,6 +86,8 @@ def measure_cell(
         "job_seconds": record["job_seconds_this_segment"],
         "epoch_seconds": history,
         "overhead_seconds": record["job_seconds_this_segment"] - sum(history),
+        "checkpoints_written": record["checkpoints_written_this_segment"],
+        "checkpoint_seconds": record["checkpoint_seconds_this_segment"],
         "first_epoch_extra_seconds": max(history[0] - history[-1], 0.0),
         "steady_epoch_seconds": history[-1],
         "train_images": record["train_images"],

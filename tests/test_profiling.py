@@ -438,7 +438,11 @@ def test_resumed_train_job_counts_every_segment(
     synthetic_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, torch_threads: None
 ) -> None:
     settings = TrainSettings(
-        "yolov3-tiny", batch_size=4, epochs=3, img_size=64, hyp=TrainHyperparameters(workers=0)
+        "yolov3-tiny",
+        batch_size=4,
+        epochs=3,
+        img_size=64,
+        hyp=TrainHyperparameters(workers=0, checkpoint_interval_s=0),
     )
     first = tmp_path / "results" / "p1" / "yolov3-tiny" / "b4_e3"
     with monkeypatch.context() as patch:
@@ -449,11 +453,10 @@ def test_resumed_train_job_counts_every_segment(
     )
     before = checkpoint["accounting"]["resources"]
     assert before["segments"] == 1 and before["user_s"] > 0
-    # A job killed after epoch 2: only its checkpoints remain.
+    # A job killed after epoch 2: only its checkpoints remain (none follows the last epoch).
     resumed = tmp_path / "results" / "p2" / "yolov3-tiny" / "b4_e3"
     resumed.mkdir(parents=True)
     shutil.copytree(first / "checkpoints", resumed / "checkpoints")
-    (resumed / "checkpoints" / "epoch-00003.pt").unlink()
     record = train(settings, synthetic_manifest, TrainOutputs.in_folder(resumed), threads=1)
     assert record["segments"] == 2
     resources = record["resources"]

@@ -116,7 +116,7 @@ logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 manifest, out = Path(sys.argv[1]), Path(sys.argv[2])
 settings = TrainSettings(
     model="yolov3-tiny", batch_size=4, epochs=6, img_size=96, seed=0,
-    hyp=TrainHyperparameters(workers=0),
+    hyp=TrainHyperparameters(workers=0, checkpoint_interval_s=0),
 )
 train(settings, manifest, TrainOutputs.in_folder(out), threads=1)
 """
@@ -186,17 +186,23 @@ def test_resume_after_sigkill_is_identical_to_an_uninterrupted_run(
 # --------------------------------------------------------------------------- damaged checkpoints
 
 SHORT = TrainSettings(
-    "yolov3-tiny", batch_size=4, epochs=3, img_size=64, seed=0, hyp=TrainHyperparameters(workers=0)
+    "yolov3-tiny",
+    batch_size=4,
+    epochs=4,
+    img_size=64,
+    seed=0,
+    hyp=TrainHyperparameters(workers=0, checkpoint_interval_s=0),
 )
 # SHORT with another learning rate: checkpoints of one are foreign to the other.
-OTHER = dataclasses.replace(SHORT, hyp=TrainHyperparameters(workers=0, lr0=0.02))
+OTHER = dataclasses.replace(SHORT, hyp=dataclasses.replace(SHORT.hyp, lr0=0.02))
 
 
 @pytest.fixture(scope="module")
 def run_with_checkpoints(
     synthetic_manifest: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    """A finished 3-epoch run whose checkpoints (epochs 2 and 3) were kept."""
+    """A finished 4-epoch run whose last two checkpoints (epochs 2 and 3: none is written
+    after the last epoch) were kept."""
     folder = tmp_path_factory.mktemp("kept")
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as patch:
@@ -216,7 +222,7 @@ def run_with_checkpoints(
 
 
 def _interrupted_copy(run: Path, dest: Path) -> Path:
-    """The run's checkpoints alone, as a job killed after its last epoch would leave them."""
+    """The run's checkpoints alone, as a job killed during its last epoch would leave them."""
     dest.mkdir()
     shutil.copytree(run / "checkpoints", dest / "checkpoints")
     return dest
@@ -333,19 +339,20 @@ def test_progress_under_new_settings_is_not_discarded_for_foreign_checkpoints(
 
 def test_fingerprint_ignores_only_how_the_cell_runs() -> None:
     base = SHORT.fingerprint()
-    for hyp in (
-        TrainHyperparameters(workers=4),
-        TrainHyperparameters(workers=0, device="cpu"),
-        TrainHyperparameters(channels_last=False, cudnn_benchmark=False, compile=True),
+    for runtime in (
+        {"workers": 4},
+        {"device": "cpu"},
+        {"channels_last": False, "cudnn_benchmark": False, "compile": True},
+        {"checkpoint_interval_s": 600},
     ):
-        same = TrainSettings("yolov3-tiny", batch_size=4, epochs=3, img_size=64, seed=0, hyp=hyp)
+        same = dataclasses.replace(SHORT, hyp=dataclasses.replace(SHORT.hyp, **runtime))
         assert same.fingerprint() == base
     for changed in (
-        TrainSettings("yolov3-tiny", 8, 3, 64, 0, hyp=TrainHyperparameters(workers=0)),
-        TrainSettings("yolov3-tiny", 4, 4, 64, 0, hyp=TrainHyperparameters(workers=0)),
-        TrainSettings("yolov3-tiny", 4, 3, 64, 1, hyp=TrainHyperparameters(workers=0)),
-        TrainSettings("yolov3", 4, 3, 64, 0, hyp=TrainHyperparameters(workers=0)),
-        TrainSettings("yolov3-tiny", 4, 3, 64, 0, hyp=TrainHyperparameters(amp=False)),
+        dataclasses.replace(SHORT, batch_size=8),
+        dataclasses.replace(SHORT, epochs=3),
+        dataclasses.replace(SHORT, seed=1),
+        dataclasses.replace(SHORT, model="yolov3"),
+        dataclasses.replace(SHORT, hyp=dataclasses.replace(SHORT.hyp, amp=False)),
     ):
         assert changed.fingerprint() != base, changed
 
@@ -433,3 +440,32 @@ def test_loader_with_workers_forks_them_without_opencv_threads(synthetic_manifes
         assert sum(len(batch.images) for batch in loader) == len(loader.dataset)
     finally:
         cv2.setNumThreads(before)
+
+
+def test_checkpoints_follow_the_interval_and_never_the_last_epoch(
+    synthetic_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, torch_threads: None
+) -> None:
+    """Interval 0: after every epoch but the last. A long interval: none in a short job.
+    The record says how many were written and what they cost."""
+    saved: list[int] = []
+    save = train_module.save_checkpoint
+
+    def recording_save(resume_dir: Path, state: dict[str, Any]) -> None:
+        saved.append(state["epoch"])
+        save(resume_dir, state)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", recording_save)
+    every_epoch = train(SHORT, synthetic_manifest, TrainOutputs.in_folder(tmp_path / "a"))
+    assert saved == [1, 2, 3]
+    assert every_epoch["checkpoints_written_this_segment"] == 3
+    assert every_epoch["checkpoint_seconds_this_segment"] > 0
+
+    saved.clear()
+    hourly = dataclasses.replace(SHORT, hyp=dataclasses.replace(SHORT.hyp,
+                                                                checkpoint_interval_s=3600))
+    record = train(hourly, synthetic_manifest, TrainOutputs.in_folder(tmp_path / "b"))
+    assert saved == []
+    assert record["checkpoints_written_this_segment"] == 0
+    assert record["checkpoint_seconds_this_segment"] == 0
+    assert hourly.fingerprint() == SHORT.fingerprint()  # how it runs, not what it computes
+    _assert_same_weights(tmp_path / "a" / "weights.pt", tmp_path / "b" / "weights.pt")

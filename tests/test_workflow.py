@@ -285,8 +285,14 @@ def test_changing_how_cells_run_retrains_nothing(
 ) -> None:
     """Device and speed settings (RUNTIME_TRAIN_KEYS) change how a cell runs, not its result."""
     config = json.loads(json.dumps(tiny_study["config"]))
-    config["train"].update(workers=1, device="cpu", channels_last=False, compile=True)
     workdir = tiny_study["workdir"]
+    config["train"]["checkpoint_interval_s"] = 1234
+    _write_config(workdir / "checkpoint-change.yaml", config)
+    run = snakemake(workdir, "-n", "--configfile", "checkpoint-change.yaml")
+    assert run.returncode == 0, run.describe()
+    assert run.job_stats() == {}, run.describe()  # not even a profile job
+
+    config["train"].update(workers=1, device="cpu", channels_last=False, compile=True)
     _write_config(workdir / "runtime-change.yaml", config)
     run = snakemake(workdir, "-n", "--configfile", "runtime-change.yaml")
     assert run.returncode == 0, run.describe()

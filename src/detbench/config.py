@@ -25,7 +25,14 @@ SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 # How a cell runs, not what it computes: changing one of these ``train:`` keys neither retrains
 # nor re-evaluates a finished cell (they are kept out of the rules' params, which Snakemake
 # compares) nor discards a cell's checkpoints (TrainSettings.fingerprint ignores them).
-RUNTIME_TRAIN_KEYS = ("workers", "device", "channels_last", "cudnn_benchmark", "compile")
+RUNTIME_TRAIN_KEYS = (
+    "workers",
+    "device",
+    "channels_last",
+    "cudnn_benchmark",
+    "compile",
+    "checkpoint_interval_s",
+)
 
 
 def without_runtime_keys(train: Mapping[str, Any]) -> dict[str, Any]:
@@ -193,6 +200,7 @@ class TrainHyperparameters:
     channels_last: bool = True
     cudnn_benchmark: bool = True
     compile: bool = False
+    checkpoint_interval_s: float = 60.0
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainHyperparameters:

@@ -299,6 +299,28 @@ def _checkpoint_path(resume_dir: Path, epoch: int) -> Path:
     return resume_dir / f"epoch-{epoch:05d}.pt"
 
 
+class CheckpointClock:
+    """When to write a resume checkpoint: once ``interval_s`` seconds have passed since the
+    last one (or the job's start); every epoch when 0. Also adds up what writing them cost."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.last = time.monotonic()
+        self.written = 0
+        self.seconds = 0.0
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last >= self.interval_s
+
+    @contextlib.contextmanager
+    def timing(self) -> Iterator[None]:
+        start = time.monotonic()
+        yield
+        self.last = time.monotonic()
+        self.written += 1
+        self.seconds += self.last - start
+
+
 def save_checkpoint(resume_dir: Path, state: dict[str, Any]) -> None:
     """Write the state atomically, with its sha256 beside it, and keep the last two."""
     path = _checkpoint_path(resume_dir, state["epoch"])
@@ -534,6 +556,7 @@ def train(
             steps_per_epoch,
             loader.num_workers,
         )
+        checkpoints = CheckpointClock(settings.hyp.checkpoint_interval_s)
         for epoch in range(state.next_epoch, settings.epochs):
             row = train_one_epoch(
                 state, loader, loss_fn, settings, precision, device, epoch, warmup_steps
@@ -552,9 +575,12 @@ def train(
                 row["epoch_seconds"],
                 row["images_per_second"],
             )
-            save_checkpoint(
-                outputs.resume_dir, state.checkpoint(fingerprint, monitor.checkpoint_state())
-            )
+            if state.next_epoch < settings.epochs and checkpoints.due():
+                with checkpoints.timing():
+                    save_checkpoint(
+                        outputs.resume_dir,
+                        state.checkpoint(fingerprint, monitor.checkpoint_state()),
+                    )
 
         final_model = state.ema.model if state.ema is not None else state.model
         save_trained_model(
@@ -573,6 +599,8 @@ def train(
         write_history(outputs.history, state.history)
         record = _run_record(settings, manifest, loader, state, device, precision, fingerprint)
         record["job_seconds_this_segment"] = time.perf_counter() - job_start
+        record["checkpoints_written_this_segment"] = checkpoints.written
+        record["checkpoint_seconds_this_segment"] = checkpoints.seconds
         record.update(monitor.finish(loader, outputs.record.with_name(GPU_SAMPLES_CSV)))
         record["provenance"] = cell_provenance(
             settings, device, monitor.gpu_info, platform_label, cell_config, outputs.record
