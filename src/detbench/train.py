@@ -3,10 +3,11 @@
 Read top to bottom: settings, the data, the model and optimizer, the learning-rate schedule,
 the epoch loop, and the checkpoint that makes a killed job resumable.
 
-A run is resumable: at the end of every epoch the full training state is written atomically to
-``resume_dir`` (outside the Snakemake rule's declared outputs, which Snakemake deletes before a
-rerun). A restarted job continues after the last complete epoch and, because every random draw
-is a function of (seed, epoch), ends with the same weights as an uninterrupted run.
+A run is resumable: at the end of an epoch, at most once per ``checkpoint_interval_s``, the full
+training state is written atomically to ``resume_dir`` (outside the Snakemake rule's declared
+outputs, which Snakemake deletes before a rerun). A restarted job continues after the last
+checkpointed epoch and, because every random draw is a function of (seed, epoch), ends with the
+same weights as an uninterrupted run.
 """
 
 from __future__ import annotations
