@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -15,6 +16,7 @@ from detbench.data.augment import (
     AugmentSettings,
     Letterbox,
     augment,
+    augment_hsv,
     letterbox,
     random_affine,
     random_flips,
@@ -182,6 +184,37 @@ def test_flips_move_boxes_with_the_pixels(flip_lr: float, flip_ud: float) -> Non
 
 def _rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
+
+
+@pytest.mark.parametrize(("flip_lr", "flip_ud"), [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0)])
+def test_flips_are_exact_mirror_images(flip_lr: float, flip_ud: float) -> None:
+    image = _rng(3).integers(0, 256, size=(40, 56, 3), dtype=np.uint8)
+    settings = AugmentSettings(flip_lr=flip_lr, flip_ud=flip_ud)
+    flipped, _ = random_flips(image, np.zeros((0, 4)), settings, _rng(0))
+    expected = image[::-1] if flip_ud else image
+    expected = expected[:, ::-1] if flip_lr else expected
+    np.testing.assert_array_equal(flipped, expected)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_hsv_jitter_maps_each_channel_through_its_own_table(seed: int) -> None:
+    """Hue, saturation and value each go through their gain's table, as YOLO's recipe does:
+    reproduced here channel by channel, the slow way, from the same random gains."""
+    image = _rng(seed + 10).integers(0, 256, size=(32, 48, 3), dtype=np.uint8)
+    settings = AugmentSettings()
+    jittered = augment_hsv(image, settings, _rng(seed))
+
+    gains = _rng(seed).uniform(-1, 1, 3) * [settings.hsv_h, settings.hsv_s, settings.hsv_v] + 1
+    hsv = cv2.cvtColor(image, cv2.COLOR_BGR2HSV)
+    x = np.arange(256, dtype=np.float32)
+    tables = [
+        ((x * gains[0]) % 180).astype(np.uint8),
+        np.clip(x * gains[1], 0, 255).astype(np.uint8),
+        np.clip(x * gains[2], 0, 255).astype(np.uint8),
+    ]
+    mapped = np.stack([tables[c][hsv[:, :, c]] for c in range(3)], axis=-1)
+    np.testing.assert_array_equal(jittered, cv2.cvtColor(mapped, cv2.COLOR_HSV2BGR))
+    assert not np.array_equal(jittered, image)
 
 
 @pytest.mark.parametrize("seed", range(40))

