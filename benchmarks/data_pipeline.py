@@ -19,6 +19,7 @@ from common import environment, prepare_manifest, print_table, work_dir, write_j
 
 from detbench.config import TrainHyperparameters
 from detbench.data.dataset import DatasetManifest
+from detbench.profiling.kernels import ENOUGH_EPOCHS
 from detbench.train import TrainSettings, make_train_loader
 
 
@@ -30,8 +31,7 @@ def images_per_second(loader: torch.utils.data.DataLoader, batches: int) -> floa
     for _ in range(batches):
         try:
             batch = next(iterator)
-        except StopIteration:
-            loader.sampler.set_epoch(loader.sampler.epoch + 1)
+        except StopIteration:  # a loader of one epoch (--iterator per-epoch) starts again
             iterator = iter(loader)
             batch = next(iterator)
         images += len(batch.images)
@@ -49,6 +49,9 @@ def main() -> None:
                         default="training",
                         help="OpenCV's thread pool as training sets it (off before workers "
                         "fork) or OpenCV's default, a thread per core in every worker (before)")
+    parser.add_argument("--iterator", choices=["spanning", "per-epoch"], default="spanning",
+                        help="one loader iterator over all epochs (as training runs) or a new "
+                        "one per epoch, its prefetch starting empty each time (before)")
     parser.add_argument("--output")
     args = parser.parse_args()
 
@@ -64,7 +67,8 @@ def main() -> None:
             hyp=TrainHyperparameters(workers=workers, mosaic=args.mosaic),
         )
         start = time.perf_counter()
-        loader = make_train_loader(manifest, settings, torch.device("cpu"))
+        epochs = ENOUGH_EPOCHS if args.iterator == "spanning" else 1
+        loader = make_train_loader(manifest, settings, torch.device("cpu"), epochs=epochs)
         cache_seconds = time.perf_counter() - start
         if args.opencv_threads == "opencv-default" or workers == 0:
             # As in a fresh training process: make_train_loader turns the pool off only when
@@ -75,7 +79,7 @@ def main() -> None:
         results.append({"workers": workers, "images_per_s": rate, "cache_s": cache_seconds})
         del loader
     print(f"input pipeline, {args.img_size} px, batch {args.batch}, mosaic {args.mosaic}, "
-          f"OpenCV threads: {args.opencv_threads}; "
+          f"OpenCV threads: {args.opencv_threads}, {args.iterator} iterator; "
           f"data: {data}; {environment(torch.device('cpu'))['device_name']}")
     print_table(["workers", "images/s", "ms/batch", "decode+cache (s)"], rows)
     write_json(args.output, {"environment": environment(torch.device("cpu")), "data": data,

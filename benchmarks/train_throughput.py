@@ -33,7 +33,7 @@ from detbench.data.dataset import Batch, DatasetManifest
 from detbench.device import Precision, select_device, select_precision, synchronize
 from detbench.loss import YoloLoss
 from detbench.models import build_model
-from detbench.profiling.kernels import endless_batches
+from detbench.profiling.kernels import ENOUGH_EPOCHS, endless_batches
 from detbench.profiling.resources import shutdown_loader_workers
 from detbench.train import (
     TrainingState,
@@ -41,6 +41,7 @@ from detbench.train import (
     build_training_model,
     make_train_loader,
     seed_everything,
+    steps_per_epoch,
     train_step,
 )
 
@@ -126,7 +127,7 @@ def measure(
     seed_everything(0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # this cell's peak, not the run's
-    loader = make_train_loader(manifest, settings, device)
+    loader = make_train_loader(manifest, settings, device, epochs=ENOUGH_EPOCHS)
     model = build_training_model(settings, len(manifest.class_names)).to(device)
     state = TrainingState.create(model, settings, precision, device)
     model.train()
@@ -144,7 +145,7 @@ def measure(
     # On CUDA the real loop warms up over a whole epoch: the epoch's last, smaller batch is a
     # new shape that cuDNN autotunes once per job (seconds for yolov3), which would otherwise
     # land inside the timed steps (seen on an H100: yolov3 b8 "383 ms/step" against 45 bare).
-    real_warmup = len(loader) if device.type == "cuda" else args.warmup
+    real_warmup = steps_per_epoch(loader) if device.type == "cuda" else args.warmup
     real = time_steps(
         lambda: train_step(state, next(batches), loss_fn, precision, device),
         args.steps,

@@ -22,7 +22,7 @@ from detbench.data.augment import (
     random_flips,
 )
 from detbench.data.dataset import DatasetManifest, DetectionDataset
-from detbench.train import TrainSettings, make_train_loader
+from detbench.train import TrainSettings, make_train_loader, steps_per_epoch
 
 
 @pytest.fixture(scope="module")
@@ -116,10 +116,7 @@ def test_loader_batches_do_not_depend_on_worker_count(synthetic_manifest: Path, 
         )
         loader = make_train_loader(manifest, settings, torch.device("cpu"))
         assert loader.num_workers == workers
-        batches[workers] = []
-        for epoch in (0, 1):
-            loader.sampler.set_epoch(epoch)
-            batches[workers].extend(loader)
+        batches[workers] = list(loader)
         del loader  # stops the persistent workers
     assert len(batches[0]) == len(batches[2]) == 6  # 8 images in batches of 3, two epochs
     for single, multi in zip(batches[0], batches[2], strict=True):
@@ -128,6 +125,32 @@ def test_loader_batches_do_not_depend_on_worker_count(synthetic_manifest: Path, 
         assert torch.equal(single.targets, multi.targets)
     # The two epochs are shuffled differently.
     assert [b.image_ids for b in batches[0][:3]] != [b.image_ids for b in batches[0][3:]]
+
+
+def test_epochs_run_through_one_iterator_and_resume_where_they_left_off(
+    manifest: DatasetManifest,
+) -> None:
+    """One loader serves all of a job's epochs; no batch mixes two epochs, each epoch shows
+    every image once, and a loader that starts at a later epoch (a resumed job) gives exactly
+    the batches the whole run gave from there on."""
+    settings = TrainSettings("yolov3-tiny", batch_size=3, epochs=3, img_size=64,
+                             hyp=TrainHyperparameters(workers=0))
+    cpu = torch.device("cpu")
+    loader = make_train_loader(manifest, settings, cpu)
+    whole = list(loader)
+    assert steps_per_epoch(loader) == 3 and len(loader) == len(whole) == 9  # 8 images, by 3
+    assert [len(b.image_ids) for b in whole] == [3, 3, 2] * 3
+    everyone = sorted(r.id for r in manifest.records("train"))
+    for epoch in range(3):
+        shown = [i for b in whole[3 * epoch : 3 * epoch + 3] for i in b.image_ids]
+        assert sorted(shown) == everyone
+
+    resumed = list(make_train_loader(manifest, settings, cpu, first_epoch=1))
+    assert len(resumed) == 6
+    for before, after in zip(whole[3:], resumed, strict=True):
+        assert before.image_ids == after.image_ids
+        assert torch.equal(before.images, after.images)
+        assert torch.equal(before.targets, after.targets)
 
 
 # --------------------------------------------------------------------------- letterbox

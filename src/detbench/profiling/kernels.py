@@ -154,12 +154,16 @@ def biggest_activity(activities: list[Activity], kind: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the step
 
 
+# Epochs of a loader that feeds a set number of steps (the profiler, the benchmarks): more than
+# any such run takes (batches are made lazily), so that one iterator runs throughout, as in
+# training, and the prefetch never restarts empty.
+ENOUGH_EPOCHS = 1_000_000
+
+
 def endless_batches(loader: DataLoader) -> Iterator[Batch]:
-    epoch = 0
+    """The loader's batches, from the start again should it ever end."""
     while True:
-        loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
         yield from loader
-        epoch += 1
 
 
 # --------------------------------------------------------------------------- the job
@@ -184,7 +188,7 @@ def profile_cell(
     precision = select_precision(device, settings.hyp.amp)
     manifest = DatasetManifest.load(manifest_path)
     seed_everything(settings.seed)
-    loader = make_train_loader(manifest, settings, device)
+    loader = make_train_loader(manifest, settings, device, epochs=ENOUGH_EPOCHS)
     model = build_training_model(settings, len(manifest.class_names)).to(device)
     state = TrainingState.create(model, settings, precision, device)
     model.train()
