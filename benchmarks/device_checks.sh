@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks of issues 4 and 8, in one go, for a session with a lent CUDA machine
 # (about 9 minutes on an H100; the device tool's lease is 15): throughput and MFU per model x
-# batch, where one step's time goes, the input pipeline per worker count, the sweep projection
+# batch, where one step's time goes, the input pipeline per worker count (OpenCV's pool and
+# the epoch-spanning iterator against the settings before), the sweep projection
 # (train, evaluate and profile jobs per model x batch, NVML and kernel columns) with cuDNN
 # autotuning on and off, and torch.compile last. Everything under $OUT; results so far and
 # what they showed: benchmarks/RESULTS.md, "GPU".
@@ -37,6 +38,7 @@ timeout 50 "$PYTHON" data_pipeline.py --workers 4 8 16 --batch 32 --batches 40 \
     --output "$OUT/data_pipeline.json"
 timeout 40 "$PYTHON" data_pipeline.py --workers 8 16 --batch 32 --batches 40 \
     --opencv-threads opencv-default
+timeout 30 "$PYTHON" data_pipeline.py --workers 8 --batch 32 --batches 40 --iterator per-epoch
 
 step sweep projection, cudnn.benchmark on and off
 timeout 170 "$PYTHON" sweep_projection.py --output "$OUT/sweep_projection.json"
