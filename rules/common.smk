@@ -11,7 +11,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from detbench.aggregate import find_cells
-from detbench.config import validate_config, without_runtime_keys
+from detbench.config import (
+    validate_config,
+    without_runtime_keys,
+    without_unprofiled_keys,
+)
 from detbench.data.prepare import check_source
 from detbench.errors import DetbenchError
 
@@ -255,10 +259,7 @@ def profile_config(wildcards):
         "seed": config["seed"],
         "img_size": config["img_size"],
         "dataset": config["dataset"],
-        # How often train jobs checkpoint changes no kernel; every other train: key may.
-        "train": {
-            k: v for k, v in config["train"].items() if k != "checkpoint_interval_s"
-        },
+        "train": without_unprofiled_keys(config["train"]),
         "profile": config["profile"],
     }
 

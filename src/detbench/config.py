@@ -35,9 +35,19 @@ RUNTIME_TRAIN_KEYS = (
 )
 
 
+# Of those, the keys that do not change the kernels a profile job records either: changing one
+# reruns no job at all.
+UNPROFILED_TRAIN_KEYS = ("checkpoint_interval_s",)
+
+
 def without_runtime_keys(train: Mapping[str, Any]) -> dict[str, Any]:
     """The ``train:`` section minus RUNTIME_TRAIN_KEYS: what a cell's result depends on."""
     return {key: value for key, value in train.items() if key not in RUNTIME_TRAIN_KEYS}
+
+
+def without_unprofiled_keys(train: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``train:`` section minus UNPROFILED_TRAIN_KEYS: what a profile job depends on."""
+    return {key: value for key, value in train.items() if key not in UNPROFILED_TRAIN_KEYS}
 
 
 def with_runtime_keys(train: Mapping[str, Any], workflow_config: Mapping[str, Any]) -> dict:

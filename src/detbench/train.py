@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from detbench import atomic
-from detbench.config import RUNTIME_TRAIN_KEYS, TrainHyperparameters
+from detbench.config import TrainHyperparameters, without_runtime_keys
 from detbench.data.augment import AugmentSettings
 from detbench.data.dataset import Batch, DatasetManifest, DetectionDataset, collate
 from detbench.device import Precision, select_device, select_precision, synchronize
@@ -78,8 +78,7 @@ class TrainSettings:
     def fingerprint(self) -> str:
         """Identifies settings a checkpoint may be resumed under (how it runs excluded)."""
         values = dataclasses.asdict(self)
-        for key in RUNTIME_TRAIN_KEYS:
-            values["hyp"].pop(key)
+        values["hyp"] = without_runtime_keys(values["hyp"])
         text = json.dumps(values, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
