@@ -45,6 +45,8 @@ from detbench.train import (
     train_step,
 )
 
+COMPILE_MODES = ["default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"]
+
 
 def forward_flops(model_name: str, img_size: int, num_classes: int = 80) -> float:
     """Forward FLOPs of one image, Darknet's way: 2 x multiply-adds of every convolution."""
@@ -122,7 +124,8 @@ def measure(
         batch_size=batch,
         epochs=1,
         img_size=args.img_size,
-        hyp=TrainHyperparameters(compile=args.compile, channels_last=not args.contiguous),
+        # Compiled below, in the mode asked for (train.compile compiles in the default mode).
+        hyp=TrainHyperparameters(channels_last=not args.contiguous),
     )
     seed_everything(0)
     if device.type == "cuda":
@@ -130,43 +133,55 @@ def measure(
     loader = make_train_loader(manifest, settings, device, epochs=ENOUGH_EPOCHS)
     model = build_training_model(settings, len(manifest.class_names)).to(device)
     state = TrainingState.create(model, settings, precision, device)
+    if args.compile_mode is not None:
+        state.forward = torch.compile(model, mode=args.compile_mode)
     model.train()
     loss_fn = YoloLoss(model, settings.hyp)
     batches = endless_batches(loader)
     resident = to_device(next(batches), device)
 
-    bare = time_steps(
-        lambda: train_step(state, resident, loss_fn, precision, device),
-        args.steps,
-        args.warmup,
-        batch,
-        device,
-    )
+    def step(batch: Batch) -> None:
+        if args.compile_mode == "reduce-overhead":
+            # CUDA graphs replay into the same output buffers: a new step may overwrite them.
+            torch.compiler.cudagraph_mark_step_begin()
+        train_step(state, batch, loss_fn, precision, device)
+
+    # The first step pays compilation (torch.compile) and cuDNN autotuning: timed on its own.
+    start = time.perf_counter()
+    step(resident)
+    synchronize(device)
+    first_step_s = time.perf_counter() - start
+    bare = time_steps(lambda: step(resident), args.steps, args.warmup, batch, device)
+    figures = {
+        "first_step_s": first_step_s,
+        "bare_ms_per_step": bare.ms_per_step,
+        "bare_images_per_s": bare.images_per_s,
+        "loader_workers": loader.num_workers,
+    }
+    if args.bare_only:
+        batches.close()
+        shutdown_loader_workers(loader)
+        return figures | {"peak_gpu_memory_gib": peak_gpu_memory(device)}
     # On CUDA the real loop warms up over a whole epoch: the epoch's last, smaller batch is a
     # new shape that cuDNN autotunes once per job (seconds for yolov3), which would otherwise
     # land inside the timed steps (seen on an H100: yolov3 b8 "383 ms/step" against 45 bare).
     real_warmup = steps_per_epoch(loader) if device.type == "cuda" else args.warmup
-    real = time_steps(
-        lambda: train_step(state, next(batches), loss_fn, precision, device),
-        args.steps,
-        real_warmup,
-        batch,
-        device,
-    )
+    real = time_steps(lambda: step(next(batches)), args.steps, real_warmup, batch, device)
     batches.close()
     shutdown_loader_workers(loader)
-    peak_memory = (
-        torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    )
-    return {
-        "bare_ms_per_step": bare.ms_per_step,
-        "bare_images_per_s": bare.images_per_s,
+    return figures | {
         "real_ms_per_step": real.ms_per_step,
         "real_images_per_s": real.images_per_s,
         "real_over_bare_time": real.ms_per_step / bare.ms_per_step,
-        "loader_workers": loader.num_workers,
-        "peak_gpu_memory_gib": peak_memory,
+        "peak_gpu_memory_gib": peak_gpu_memory(device),
     }
+
+
+def peak_gpu_memory(device: torch.device) -> float:
+    """GiB allocated at most by tensors since the cell began (NaN on the CPU)."""
+    if device.type != "cuda":
+        return float("nan")
+    return torch.cuda.max_memory_allocated(device) / 2**30
 
 
 def main() -> None:
@@ -178,11 +193,18 @@ def main() -> None:
     parser.add_argument("--img-size", type=int, default=416)
     parser.add_argument("--steps", type=int, default=None, help="timed steps (CUDA 30, CPU 8)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps (CUDA 10, CPU 2)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the forward pass")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the forward pass, as `train.compile: true` does")
+    parser.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
+                        help="torch.compile the forward pass in this mode (implies --compile)")
+    parser.add_argument("--bare-only", action="store_true",
+                        help="time the bare step only (no real loop; for slow compiles)")
     parser.add_argument("--contiguous", action="store_true",
                         help="NCHW tensors instead of channels-last (the setting before)")
     parser.add_argument("--output", help="write the figures as JSON here")
     args = parser.parse_args()
+    if args.compile and args.compile_mode is None:
+        args.compile_mode = "default"
 
     device = select_device("auto")
     cuda = device.type == "cuda"
@@ -204,7 +226,7 @@ def main() -> None:
         for batch in args.batches:
             figures = measure(model_name, batch, args, manifest, device, precision)
             mfu = flops_per_image * figures["bare_images_per_s"] / peak
-            real_mfu = flops_per_image * figures["real_images_per_s"] / peak
+            real_mfu = flops_per_image * figures.get("real_images_per_s", float("nan")) / peak
             figures |= {
                 "model": model_name,
                 "batch": batch,
@@ -214,19 +236,21 @@ def main() -> None:
             }
             results.append(figures)
             rows.append([
-                model_name, batch, figures["bare_ms_per_step"], figures["bare_images_per_s"],
-                figures["real_ms_per_step"], figures["real_images_per_s"],
-                figures["real_over_bare_time"], 100 * mfu, 100 * real_mfu,
+                model_name, batch, figures["first_step_s"], figures["bare_ms_per_step"],
+                figures["bare_images_per_s"], figures.get("real_ms_per_step", float("nan")),
+                figures.get("real_images_per_s", float("nan")),
+                figures.get("real_over_bare_time", float("nan")), 100 * mfu, 100 * real_mfu,
                 figures["loader_workers"],
             ])
     env = environment(device)
     layout = "NCHW" if args.contiguous else "channels-last"
+    compiled = f", torch.compile mode {args.compile_mode}" if args.compile_mode else ""
     print(f"training throughput at {args.img_size} px on {env['device_name']} ({device}, "
-          f"{precision.name}, {layout}{', compiled' if args.compile else ''}); data: {data}")
+          f"{precision.name}, {layout}{compiled}); data: {data}")
     print(f"peak: {peak / 1e12:.3g} TFLOP/s ({peak_how}); model FLOPs/image = 3 x forward "
           "(Darknet count: 2 x conv multiply-adds)")
-    print_table(["model", "batch", "bare ms/step", "bare img/s", "real ms/step", "real img/s",
-                 "real/bare time", "bare MFU %", "real MFU %", "workers"], rows)
+    print_table(["model", "batch", "first step s", "bare ms/step", "bare img/s", "real ms/step",
+                 "real img/s", "real/bare time", "bare MFU %", "real MFU %", "workers"], rows)
     write_json(args.output, {
         "environment": env,
         "data": data,
