@@ -392,6 +392,34 @@ def test_every_report_file_is_written(tmp_path: Path) -> None:
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
 
+def test_loss_curves_show_the_evaluations_made_during_training(tmp_path: Path) -> None:
+    """history.csv's interim columns (train.eval_interval_epochs) become an eval-split loss
+    line and an mAP line on a right-hand axis, at the evaluated epochs only; without them the
+    panel has the training losses alone."""
+    rows = [summary_row("p", "yolov3", 8, 4), summary_row("p", "yolov3", 8, 1)]
+    header = "epoch,train_total_loss,eval_map50,eval_map50_95,eval_total_loss,eval_seconds\n"
+    (tmp_path / "p" / "yolov3" / "b8_e4").mkdir(parents=True)
+    (tmp_path / "p" / "yolov3" / "b8_e4" / "history.csv").write_text(
+        header + "1,0.5,,,,\n2,0.4,0.25,0.1,0.45,0.3\n3,0.35,,,,\n4,0.3,0.5,0.2,0.41,0.3\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "p" / "yolov3" / "b8_e1").mkdir(parents=True)
+    (tmp_path / "p" / "yolov3" / "b8_e1" / "history.csv").write_text(
+        "epoch,train_total_loss\n1,0.5\n", encoding="utf-8"
+    )
+    figure = plots.loss_figure(frame_of(rows), tmp_path, "p", "yolov3")
+    lines = {
+        line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
+        for axes in figure.axes
+        for line in axes.get_lines()
+    }
+    assert lines["mAP@0.5, eval split (right axis)"] == ([2, 4], [0.25, 0.5])
+    assert lines["total, eval split"] == ([2, 4], [0.45, 0.41])
+    assert len(figure.axes) == 3  # two panels and one right-hand axis
+    legend = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert "mAP@0.5, eval split (right axis)" in legend
+
+
 def test_gpu_samples_feed_the_utilisation_and_memory_plots(tmp_path: Path) -> None:
     rows = [summary_row("gpu", "yolov3", 8, 2, train_time_s=50.0)]
     frame = frame_of(rows)

@@ -22,12 +22,19 @@ import pytest
 import torch
 
 import detbench.train as train_module
-from detbench.config import TrainHyperparameters
+from detbench.config import EvalSettings, TrainHyperparameters
 from detbench.data.dataset import DatasetManifest
 from detbench.errors import DetbenchError
+from detbench.evaluate import evaluate_cell
 from detbench.inference import load_trained_model
 from detbench.models import build_model
-from detbench.train import HISTORY_COLUMNS, TrainOutputs, TrainSettings, train
+from detbench.train import (
+    HISTORY_COLUMNS,
+    InterimEvaluation,
+    TrainOutputs,
+    TrainSettings,
+    train,
+)
 
 LOSS_COLUMNS = ("lr", "train_box_loss", "train_obj_loss", "train_cls_loss", "train_total_loss")
 
@@ -80,8 +87,10 @@ def test_cell_outputs_are_complete(tiny_trained_cell: tuple[TrainOutputs, dict])
     rows = _history(outputs.history)
     assert tuple(rows[0]) == HISTORY_COLUMNS
     assert [int(row["epoch"]) for row in rows] == [1, 2]
+    trained = [c for c in HISTORY_COLUMNS if not c.startswith("eval_")]
     for row in rows:
-        assert all(float(row[c]) >= 0 for c in HISTORY_COLUMNS)
+        assert all(float(row[c]) >= 0 for c in trained)
+        assert all(row[c] == "" for c in HISTORY_COLUMNS if c not in trained)  # not evaluated
         assert float(row["epoch_seconds"]) > 0
     assert record == json.loads(outputs.record.read_text(encoding="utf-8"))
     assert record["model"] == "yolov3-tiny" and record["epochs"] == 2
@@ -109,7 +118,7 @@ def test_missing_train_split_is_a_one_line_error(synthetic_manifest: Path, tmp_p
 TRAIN_SCRIPT = """
 import logging, sys
 from pathlib import Path
-from detbench.config import TrainHyperparameters
+from detbench.config import EvalSettings, TrainHyperparameters
 from detbench.train import TrainOutputs, TrainSettings, train
 
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
@@ -344,6 +353,7 @@ def test_fingerprint_ignores_only_how_the_cell_runs() -> None:
         {"device": "cpu"},
         {"channels_last": False, "cudnn_benchmark": False, "compile": True},
         {"checkpoint_interval_s": 600},
+        {"eval_interval_epochs": 2},
     ):
         same = dataclasses.replace(SHORT, hyp=dataclasses.replace(SHORT.hyp, **runtime))
         assert same.fingerprint() == base
@@ -469,3 +479,45 @@ def test_checkpoints_follow_the_interval_and_never_the_last_epoch(
     assert record["checkpoint_seconds_this_segment"] == 0
     assert hourly.fingerprint() == SHORT.fingerprint()  # how it runs, not what it computes
     _assert_same_weights(tmp_path / "a" / "weights.pt", tmp_path / "b" / "weights.pt")
+
+
+# ------------------------------------------------------------------ evaluating while training
+
+
+def test_evaluating_during_training_changes_nothing_and_ends_at_the_evaluate_jobs_figure(
+    synthetic_manifest: Path, tmp_path: Path, torch_threads: None
+) -> None:
+    """Every 2 epochs of 5 and after the last: columns filled at epochs 2, 4 and 5 only, the
+    same weights and losses as without it, and the last point is what the evaluate job finds."""
+    interim = InterimEvaluation(split="val", settings=EvalSettings(conf_threshold=0.01))
+    plain = dataclasses.replace(SHORT, epochs=5)
+    evaluated = dataclasses.replace(plain, hyp=dataclasses.replace(plain.hyp,
+                                                                   eval_interval_epochs=2))
+    train(plain, synthetic_manifest, TrainOutputs.in_folder(tmp_path / "plain"),
+          interim_evaluation=interim)
+    train(evaluated, synthetic_manifest, TrainOutputs.in_folder(tmp_path / "evaluated"),
+          interim_evaluation=interim)
+
+    _assert_same_weights(tmp_path / "plain" / "weights.pt", tmp_path / "evaluated" / "weights.pt")
+    assert _losses(tmp_path / "plain" / "history.csv") == _losses(
+        tmp_path / "evaluated" / "history.csv"
+    )
+    eval_columns = ("eval_map50", "eval_map50_95", "eval_total_loss", "eval_seconds")
+    assert all(
+        row[c] == "" for row in _history(tmp_path / "plain" / "history.csv") for c in eval_columns
+    )
+    rows = _history(tmp_path / "evaluated" / "history.csv")
+    filled = [row["epoch"] for row in rows if row["eval_map50"] != ""]
+    assert filled == ["2", "4", "5"]
+    assert all(row[c] != "" for row in rows if row["epoch"] in filled for c in eval_columns)
+    assert all(float(row["eval_seconds"]) > 0 for row in rows if row["epoch"] in filled)
+
+    result = evaluate_cell(
+        tmp_path / "evaluated" / "weights.pt", synthetic_manifest, "val", interim.settings,
+        evaluated.hyp, tmp_path / "metrics.json", tmp_path / "detections.json",
+    )
+    for column, key in (("eval_map50", "map50"), ("eval_map50_95", "map50_95")):
+        assert rows[-1][column] == f"{result['metrics'][key]:.6g}", column
+    # The mAPs of so short a run are 0; the loss on the split is not, and must agree too.
+    assert rows[-1]["eval_total_loss"] == f"{sum(result['val_loss'].values()):.6g}"
+    assert float(rows[-1]["eval_total_loss"]) > 0

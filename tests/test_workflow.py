@@ -239,6 +239,10 @@ def test_tiny_study_cell_folders_are_complete(tiny_study: dict[str, Any]) -> Non
         assert (record["model"], record["batch_size"], record["epochs"]) == (model, batch, epochs)
         assert record["segments"] == 1
         metrics = json.loads((cell / "metrics.json").read_text(encoding="utf-8"))
+        # eval_interval_epochs 1: every epoch evaluated on the test split, the last as the
+        # evaluate job did.
+        assert all(row["eval_seconds"] != "" for row in history)
+        assert history[-1]["eval_total_loss"] == f"{sum(metrics['val_loss'].values()):.6g}"
         assert metrics["split"] == "test"
         assert metrics["cell"] == {
             "platform": "test-cpu",
@@ -287,6 +291,7 @@ def test_changing_how_cells_run_retrains_nothing(
     config = json.loads(json.dumps(tiny_study["config"]))
     workdir = tiny_study["workdir"]
     config["train"]["checkpoint_interval_s"] = 1234
+    config["train"]["eval_interval_epochs"] = 3
     _write_config(workdir / "checkpoint-change.yaml", config)
     run = snakemake(workdir, "-n", "--configfile", "checkpoint-change.yaml")
     assert run.returncode == 0, run.describe()

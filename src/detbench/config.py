@@ -32,12 +32,13 @@ RUNTIME_TRAIN_KEYS = (
     "cudnn_benchmark",
     "compile",
     "checkpoint_interval_s",
+    "eval_interval_epochs",
 )
 
 
 # Of those, the keys that do not change the kernels a profile job records either: changing one
 # reruns no job at all.
-UNPROFILED_TRAIN_KEYS = ("checkpoint_interval_s",)
+UNPROFILED_TRAIN_KEYS = ("checkpoint_interval_s", "eval_interval_epochs")
 
 
 def without_runtime_keys(train: Mapping[str, Any]) -> dict[str, Any]:
@@ -211,6 +212,7 @@ class TrainHyperparameters:
     cudnn_benchmark: bool = True
     compile: bool = False
     checkpoint_interval_s: float = 60.0
+    eval_interval_epochs: int = 0
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainHyperparameters:

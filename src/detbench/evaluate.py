@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from detbench.device import select_device, select_precision
 from detbench.inference import Detections, load_trained_model, non_max_suppression
 from detbench.loss import YoloLoss
 from detbench.metrics import (
+    DetectionMetrics,
     ImageDetections,
     ImageGroundTruth,
     evaluate_detections,
@@ -88,6 +90,48 @@ def _to_original_pixels(
     return Detections(boxes=boxes, scores=found.scores, classes=found.classes)
 
 
+@dataclasses.dataclass
+class SplitEvaluation:
+    """A model's detections on one split and what they score."""
+
+    metrics: DetectionMetrics
+    detections: dict[str, ImageDetections]
+    losses: dict[str, float]
+    seconds: float  # predicting (forward, losses, NMS); scoring not included
+    num_images: int
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    manifest: DatasetManifest,
+    split: str,
+    img_size: int,
+    settings: EvalSettings,
+    hyp: TrainHyperparameters,
+    device: torch.device,
+) -> SplitEvaluation:
+    """Detect on ``split`` with ``model`` (already on ``device``) and score the detections: the
+    evaluate job's computation, also run during training (train.eval_interval_epochs)."""
+    records = manifest.records(split)
+    dataset = DetectionDataset(records, img_size)
+    detections, losses, seconds = predict_split(model, dataset, settings, hyp, device, hyp.amp)
+    ground_truth = {
+        r.id: ImageGroundTruth(boxes=r.boxes_xyxy(), classes=r.classes) for r in records
+    }
+    image_detections = {
+        image_id: ImageDetections(boxes=d.boxes, scores=d.scores, classes=d.classes)
+        for image_id, d in detections.items()
+    }
+    metrics = evaluate_detections(
+        ground_truth,
+        image_detections,
+        manifest.class_names,
+        pr_confidence=settings.pr_confidence,
+        max_detections=settings.max_detections,
+    )
+    return SplitEvaluation(metrics, image_detections, losses, seconds, len(records))
+
+
 def evaluate_cell(
     weights_path: str | Path,
     manifest_path: str | Path,
@@ -108,33 +152,19 @@ def evaluate_cell(
     manifest = DatasetManifest.load(manifest_path)
     if tuple(metadata["class_names"]) != manifest.class_names:
         raise_mismatch(weights_path, metadata["class_names"], manifest)
-    records = manifest.records(split)
-    dataset = DetectionDataset(records, int(metadata["img_size"]))
-    detections, losses, seconds = predict_split(model, dataset, settings, hyp, device, hyp.amp)
-
-    ground_truth = {
-        r.id: ImageGroundTruth(boxes=r.boxes_xyxy(), classes=r.classes) for r in records
-    }
-    image_detections = {
-        image_id: ImageDetections(boxes=d.boxes, scores=d.scores, classes=d.classes)
-        for image_id, d in detections.items()
-    }
-    metrics = evaluate_detections(
-        ground_truth,
-        image_detections,
-        manifest.class_names,
-        pr_confidence=settings.pr_confidence,
-        max_detections=settings.max_detections,
-    )
-    image_id_map = {image_id: i + 1 for i, image_id in enumerate(sorted(ground_truth))}
-    atomic.write_json(detections_path, to_coco_results(image_detections, image_id_map))
+    img_size = int(metadata["img_size"])
+    evaluation = evaluate_model(model, manifest, split, img_size, settings, hyp, device)
+    metrics, losses, seconds = evaluation.metrics, evaluation.losses, evaluation.seconds
+    image_ids = sorted(record.id for record in manifest.records(split))
+    image_id_map = {image_id: i + 1 for i, image_id in enumerate(image_ids)}
+    atomic.write_json(detections_path, to_coco_results(evaluation.detections, image_id_map))
 
     result = {
         "cell": cell or {},
         "dataset": manifest.dataset,
         "split": split,
-        "num_images": len(records),
-        "img_size": int(metadata["img_size"]),
+        "num_images": evaluation.num_images,
+        "img_size": img_size,
         "nms": {
             "conf_threshold": settings.conf_threshold,
             "iou_threshold": settings.nms_iou,

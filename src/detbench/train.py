@@ -37,11 +37,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from detbench import atomic
-from detbench.config import TrainHyperparameters, without_runtime_keys
+from detbench.config import EvalSettings, TrainHyperparameters, without_runtime_keys
 from detbench.data.augment import AugmentSettings
 from detbench.data.dataset import Batch, DatasetManifest, DetectionDataset, collate
 from detbench.device import Precision, select_device, select_precision, synchronize
 from detbench.errors import DetbenchError
+from detbench.evaluate import evaluate_model
 from detbench.inference import save_trained_model
 from detbench.loss import LossItems, YoloLoss
 from detbench.models import build_model
@@ -58,6 +59,11 @@ HISTORY_COLUMNS = (
     "train_total_loss",
     "epoch_seconds",
     "images_per_second",
+    # Filled only after the epochs evaluated during training (train.eval_interval_epochs).
+    "eval_map50",
+    "eval_map50_95",
+    "eval_total_loss",
+    "eval_seconds",
 )
 CHECKPOINTS_KEPT = 2
 
@@ -81,6 +87,15 @@ class TrainSettings:
         values["hyp"] = without_runtime_keys(values["hyp"])
         text = json.dumps(values, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class InterimEvaluation:
+    """Where and how to evaluate during training, every ``train.eval_interval_epochs``: the
+    cell's evaluation split and settings, so the last point is the evaluate job's figure."""
+
+    split: str
+    settings: EvalSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -537,10 +552,13 @@ def train(
     weights_file: Path | None = None,
     platform_label: str | None = None,
     cell_config: Mapping[str, Any] | None = None,
+    interim_evaluation: InterimEvaluation | None = None,
 ) -> dict[str, Any]:
     """Train one cell; write weights, history and the run record; return the record.
 
     ``weights_file``: the Darknet file to start from when ``settings.weights`` is not scratch.
+    ``interim_evaluation``: the split and settings to evaluate on every
+    ``settings.hyp.eval_interval_epochs`` epochs (not at all without it, or when that is 0).
     ``platform_label``, ``cell_config``: the platform and the cell's config for the record's
     provenance (see detbench.profiling.cell_provenance for what stands in without them).
     """
@@ -594,7 +612,6 @@ def train(
                 state, batches, epoch_steps, loss_fn, settings, precision, device, epoch,
                 warmup_steps,
             )
-            state.history.append(row)
             state.train_seconds += row["epoch_seconds"]
             state.next_epoch = epoch + 1
             log.info(
@@ -608,6 +625,11 @@ def train(
                 row["epoch_seconds"],
                 row["images_per_second"],
             )
+            if interim_evaluation is not None and interim_evaluation_due(settings, epoch):
+                row |= evaluate_during_training(
+                    state, manifest, interim_evaluation, settings, device
+                )
+            state.history.append(row)
             if state.next_epoch < settings.epochs and checkpoints.due():
                 with checkpoints.timing():
                     save_checkpoint(
@@ -641,6 +663,46 @@ def train(
         atomic.write_json(outputs.record, record)
         _remove_checkpoints(outputs.resume_dir)
         return record
+
+
+def interim_evaluation_due(settings: TrainSettings, epoch: int) -> bool:
+    """Whether to evaluate after 0-based ``epoch``: every eval_interval_epochs, and the last."""
+    interval = settings.hyp.eval_interval_epochs
+    return interval > 0 and ((epoch + 1) % interval == 0 or epoch + 1 == settings.epochs)
+
+
+def evaluate_during_training(
+    state: TrainingState,
+    manifest: DatasetManifest,
+    interim: InterimEvaluation,
+    settings: TrainSettings,
+    device: torch.device,
+) -> dict[str, float]:
+    """The evaluate job's computation on the weights it would get now (the EMA's, if any).
+
+    Leaves training exactly as it was: the evaluation's DataLoader draws a seed from torch's
+    global generator, so that generator's state is put back afterwards.
+    """
+    model = state.ema.model if state.ema is not None else state.model
+    with torch.random.fork_rng(devices=[]):
+        evaluation = evaluate_model(
+            model, manifest, interim.split, settings.img_size, interim.settings, settings.hyp,
+            device,
+        )
+    log.info(
+        "  %s split: mAP@0.5 %.4f  mAP@0.5:0.95 %.4f  loss %.4f  (%.1f s)",
+        interim.split,
+        evaluation.metrics.map50,
+        evaluation.metrics.map50_95,
+        sum(evaluation.losses.values()),
+        evaluation.seconds,
+    )
+    return {
+        "eval_map50": evaluation.metrics.map50,
+        "eval_map50_95": evaluation.metrics.map50_95,
+        "eval_total_loss": sum(evaluation.losses.values()),
+        "eval_seconds": evaluation.seconds,
+    }
 
 
 def _run_record(
@@ -766,13 +828,16 @@ def train_one_epoch(
 
 
 def write_history(path: Path, history: list[dict[str, float]]) -> None:
+    """One row per epoch; a column an epoch has no value for (evaluation) is left empty."""
     lines = [",".join(HISTORY_COLUMNS)]
     for row in history:
-        lines.append(",".join(_format_value(row[column]) for column in HISTORY_COLUMNS))
+        lines.append(",".join(_format_value(row.get(column)) for column in HISTORY_COLUMNS))
     atomic.write_text(path, "\n".join(lines) + "\n")
 
 
-def _format_value(value: float | int) -> str:
+def _format_value(value: float | int | None) -> str:
+    if value is None:
+        return ""
     return str(value) if isinstance(value, int) else f"{value:.6g}"
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 # detbench from this checkout, also where it is not installed (e.g. a conda env of its own).
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
-from detbench.config import with_runtime_keys
-from detbench.train import TrainOutputs, train, train_settings_from_config
+from detbench.config import EvalSettings, with_runtime_keys
+from detbench.train import InterimEvaluation, TrainOutputs, train, train_settings_from_config
 from detbench.workflow import run_rule
 
 
@@ -38,6 +38,12 @@ def main() -> None:
         weights_file=weights_file,
         platform_label=snakemake.wildcards.platform,
         cell_config=config,
+        # Read from the run's config like the runtime keys: evaluating during training changes
+        # no weights, so its settings are no part of what retrains a cell.
+        interim_evaluation=InterimEvaluation(
+            split=snakemake.config["dataset"]["eval_split"],
+            settings=EvalSettings.from_dict(snakemake.config["evaluate"]),
+        ),
     )
 
 

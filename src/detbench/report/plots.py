@@ -47,6 +47,9 @@ HISTORY_LOSSES = {
     "train_cls_loss": "classification",
     "train_total_loss": "total",
 }
+# Filled only at the epochs evaluated during training (train.eval_interval_epochs).
+HISTORY_EVAL_LOSS = ("eval_total_loss", "total, eval split")
+HISTORY_EVAL_MAP = ("eval_map50", "mAP@0.5, eval split (right axis)")
 DPI = 100
 
 
@@ -264,6 +267,23 @@ def read_history(path: Path) -> pd.DataFrame | None:
     return history
 
 
+def _plot_interim_evaluation(axes: Axes, history: pd.DataFrame) -> None:
+    """The eval split's total loss beside the training losses, and its mAP@0.5 on a right axis,
+    at the epochs that were evaluated during training (none: nothing drawn)."""
+    column, label = HISTORY_EVAL_LOSS
+    if column in history.columns and history[column].notna().any():
+        rows = history.dropna(subset=[column])
+        axes.plot(rows["epoch"], rows[column], marker="o", linestyle="--", label=label)
+    column, label = HISTORY_EVAL_MAP
+    if column in history.columns and history[column].notna().any():
+        rows = history.dropna(subset=[column])
+        right = axes.twinx()
+        right.plot(rows["epoch"], rows[column], marker="s", linestyle=":", color="black",
+                   label=label)
+        right.set_ylim(0, 1)
+        right.tick_params(labelsize=8)
+
+
 def loss_figure(frame: pd.DataFrame, results_dir: str | Path, platform: str, model: str) -> Figure:
     """Per-cell training loss curves of one platform × model: a panel per cell (batch × epochs)."""
     cells = ok_cells(frame)
@@ -296,13 +316,14 @@ def loss_figure(frame: pd.DataFrame, results_dir: str | Path, platform: str, mod
             for column, label in HISTORY_LOSSES.items():
                 if column in history.columns:
                     axes.plot(history["epoch"], history[column], marker=".", label=label)
+            _plot_interim_evaluation(axes, history)
             axes.set_xlabel("epoch", fontsize=8)
             axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
             axes.tick_params(labelsize=8)
     figure.suptitle(
         f"Training loss per epoch (mean over the epoch's batches), {platform} — {model}"
     )
-    _finish(figure, grid.ravel())
+    _finish(figure, figure.axes)  # with the right-hand axes of interim mAPs, if any
     return figure
 
 
