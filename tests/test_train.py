@@ -28,6 +28,7 @@ from detbench.errors import DetbenchError
 from detbench.evaluate import evaluate_cell
 from detbench.inference import load_trained_model
 from detbench.models import build_model
+from detbench.optim import EagerSGD
 from detbench.train import (
     HISTORY_COLUMNS,
     InterimEvaluation,
@@ -521,3 +522,71 @@ def test_evaluating_during_training_changes_nothing_and_ends_at_the_evaluate_job
     # The mAPs of so short a run are 0; the loss on the split is not, and must agree too.
     assert rows[-1]["eval_total_loss"] == f"{sum(result['val_loss'].values()):.6g}"
     assert float(rows[-1]["eval_total_loss"]) > 0
+
+
+# --------------------------------------------------------------------------- the optimizer
+
+
+def _sgd_run(optimizer_class: type[torch.optim.SGD]) -> tuple[list[torch.Tensor], dict]:
+    """Three steps of yolov3-tiny with make_optimizer's groups (momentum, Nesterov, decay on
+    conv weights only); the weights after, and the optimizer's state_dict."""
+    torch.manual_seed(0)
+    model = build_model("yolov3-tiny", num_classes=3).train()
+    bn_weights, conv_weights, biases = train_module.param_groups(model)
+    optimizer = optimizer_class(
+        [
+            {"params": bn_weights, "weight_decay": 0.0},
+            {"params": conv_weights, "weight_decay": 5e-4},
+            {"params": biases, "weight_decay": 0.0},
+        ],
+        lr=0.01,
+        momentum=0.937,
+        nesterov=True,
+    )
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    for _ in range(3):
+        optimizer.zero_grad(set_to_none=True)
+        sum(output.square().mean() for output in model(images)).backward()
+        optimizer.step()
+    return [p.detach().clone() for p in model.parameters()], optimizer.state_dict()
+
+
+def test_eager_sgd_computes_exactly_what_torch_sgd_does() -> None:
+    eager_weights, eager_state = _sgd_run(EagerSGD)
+    torch_weights, torch_state = _sgd_run(torch.optim.SGD)
+    assert all(torch.equal(a, b) for a, b in zip(eager_weights, torch_weights, strict=True))
+    assert eager_state["param_groups"] == torch_state["param_groups"]
+    assert eager_state["state"].keys() == torch_state["state"].keys()
+    for key, state in eager_state["state"].items():
+        assert torch.equal(state["momentum_buffer"], torch_state["state"][key]["momentum_buffer"])
+    # Checkpoints written by either load into the other.
+    model = build_model("yolov3-tiny", num_classes=3)
+    EagerSGD(model.parameters(), lr=0.01, momentum=0.9).load_state_dict(
+        torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9).state_dict()
+    )
+
+
+DYNAMO_SCRIPT = """
+import sys
+from pathlib import Path
+from detbench.config import TrainHyperparameters
+from detbench.train import TrainOutputs, TrainSettings, train
+
+settings = TrainSettings(
+    model="yolov3-tiny", batch_size=4, epochs=2, img_size=64, seed=0,
+    hyp=TrainHyperparameters(workers=0, checkpoint_interval_s=0),
+)
+train(settings, Path(sys.argv[1]), TrainOutputs.in_folder(Path(sys.argv[2])), threads=1)
+print("torch._dynamo imported:", "torch._dynamo" in sys.modules)
+"""
+
+
+def test_a_train_job_does_not_import_torch_dynamo(synthetic_manifest: Path, tmp_path: Path) -> None:
+    """Start-up time and memory (see detbench.optim): a whole job, a checkpoint included."""
+    env = {**os.environ, "PYTHONPATH": str(Path(train_module.__file__).parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-c", DYNAMO_SCRIPT, str(synthetic_manifest), str(tmp_path / "cell")],
+        capture_output=True, text=True, env=env, timeout=600, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "torch._dynamo imported: False" in done.stdout, done.stdout + done.stderr

@@ -46,6 +46,7 @@ from detbench.evaluate import evaluate_model
 from detbench.inference import save_trained_model
 from detbench.loss import LossItems, YoloLoss
 from detbench.models import build_model
+from detbench.optim import EagerSGD
 from detbench.profiling import GPU_SAMPLES_CSV, TrainMonitor, cell_provenance
 
 log = logging.getLogger("detbench.train")
@@ -264,7 +265,8 @@ def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.SGD
     # The loss is summed over the batch, so gradients grow with the batch size; decay scales
     # with it to keep the same balance (the 2020 recipe's nominal batch is 64).
     weight_decay = hyp.weight_decay * settings.batch_size / 64
-    optimizer = torch.optim.SGD(
+    # torch.optim.SGD's arithmetic without its import of torch._dynamo (see detbench.optim).
+    optimizer = EagerSGD(
         [
             {"params": bn_weights, "weight_decay": 0.0, "name": "bn_weights"},
             {"params": conv_weights, "weight_decay": weight_decay, "name": "weights"},
