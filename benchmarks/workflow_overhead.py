@@ -1,6 +1,6 @@
 """The workflow's fixed costs (issue 8): `snakemake -n` on the full study config, and the
 fixed cost of one train job before its first step (interpreter start, imports, dataset cache,
-model build). Targets: planning < 3 s, a job's start-up < 5 s on a CPU.
+model build, optimizer and EMA). Targets: planning < 3 s, a job's start-up < 5 s on a CPU.
 
     .venv/bin/python benchmarks/workflow_overhead.py
 """
@@ -23,11 +23,14 @@ import sys, time
 sys.path.insert(0, {src!r})
 import torch
 from detbench.data.dataset import DatasetManifest
-from detbench.train import TrainSettings, build_training_model, make_train_loader
+from detbench.device import select_precision
+from detbench.train import TrainSettings, TrainingState, build_training_model, make_train_loader
 settings = TrainSettings({model!r}, 8, 1, img_size=416)
 manifest = DatasetManifest.load({manifest!r})
-loader = make_train_loader(manifest, settings, torch.device("cpu"))
+device = torch.device("cpu")
+loader = make_train_loader(manifest, settings, device)
 model = build_training_model(settings, len(manifest.class_names))
+state = TrainingState.create(model, settings, select_precision(device, amp=True), device)
 batch = next(iter(loader))
 """
 

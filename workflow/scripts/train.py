@@ -6,6 +6,12 @@ from pathlib import Path
 # detbench from this checkout, also where it is not installed (e.g. a conda env of its own).
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
+from detbench.allocator import restart_with_lean_allocator
+
+# Before torch is imported: on the CPU, restart once with glibc settings that keep the job's
+# peak memory near its live memory (see detbench.allocator).
+restart_with_lean_allocator(str(snakemake.config["train"].get("device", "auto")))
+
 from detbench.config import EvalSettings, with_runtime_keys
 from detbench.train import InterimEvaluation, TrainOutputs, train, train_settings_from_config
 from detbench.workflow import run_rule
