@@ -590,3 +590,18 @@ def test_a_train_job_does_not_import_torch_dynamo(synthetic_manifest: Path, tmp_
     )
     assert done.returncode == 0, done.stderr
     assert "torch._dynamo imported: False" in done.stdout, done.stdout + done.stderr
+
+
+def test_evaluating_on_a_missing_split_fails_before_training(
+    synthetic_manifest: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    evaluated = dataclasses.replace(SHORT, hyp=dataclasses.replace(SHORT.hyp,
+                                                                   eval_interval_epochs=1))
+    with (
+        caplog.at_level(logging.INFO, logger="detbench.train"),
+        pytest.raises(DetbenchError, match="no split 'holdout'") as error,
+    ):
+        train(evaluated, synthetic_manifest, TrainOutputs.in_folder(tmp_path / "cell"),
+              interim_evaluation=InterimEvaluation("holdout", EvalSettings()))
+    assert str(synthetic_manifest) in str(error.value)
+    assert "epoch 1/" not in caplog.text  # not one epoch trained before saying so

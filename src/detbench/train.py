@@ -572,6 +572,8 @@ def train(
         precision = select_precision(device, settings.hyp.amp)
         monitor = TrainMonitor.start(device)  # time -v's figures and NVML samples, all segments
         manifest = DatasetManifest.load(manifest_path)
+        if interim_evaluation is not None and settings.hyp.eval_interval_epochs > 0:
+            manifest.records(interim_evaluation.split)  # no such split: say so now, not later
         seed_everything(settings.seed)
         model = build_training_model(settings, len(manifest.class_names), weights_file).to(device)
         state = TrainingState.create(model, settings, precision, device)
