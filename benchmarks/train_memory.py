@@ -13,8 +13,12 @@ Variants:
   returned on free, so freed activations do not pile up in the heap);
 * `glibc-defaults`: the same job with glibc's defaults (`DETBENCH_LEAN_ALLOCATOR=0`, or a
   machine without transparent huge pages or glibc >= 2.35);
-* `torch-sgd`: glibc's defaults and torch.optim.SGD, which imports torch._dynamo (the job as
-  it was before both changes).
+* `torch-sgd`: glibc's defaults and torch.optim.SGD, which imports torch._dynamo;
+* `indexed-pool`: the lean allocator, but max-pooling that keeps its int64 indices for
+  backward (F.max_pool2d) instead of `MaxPoolKeepingNoIndices`.
+
+glibc defaults, torch.optim.SGD and the indexed pool together are the job as it was before
+2026-11-26.
 
     .venv/bin/python benchmarks/train_memory.py                       # yolov3-tiny b8 416
     .venv/bin/python benchmarks/train_memory.py --variants lean-allocator glibc-defaults
@@ -41,7 +45,7 @@ from detbench.allocator import (
     lean_allocator_env,
 )
 
-VARIANTS = ("lean-allocator", "glibc-defaults", "torch-sgd")
+VARIANTS = ("lean-allocator", "glibc-defaults", "torch-sgd", "indexed-pool")
 
 CHILD = """
 import json, sys, time
@@ -56,6 +60,9 @@ from detbench.profiling.kernels import ENOUGH_EPOCHS, endless_batches
 
 if {torch_sgd!r}:
     train_module.EagerSGD = torch.optim.SGD
+if {indexed_pool!r}:
+    import detbench.models.darknet as darknet
+    darknet.MaxPoolKeepingNoIndices.apply = torch.nn.functional.max_pool2d
 torch.set_num_threads({threads})
 device = torch.device("cpu")
 settings = train_module.TrainSettings(model={model!r}, batch_size={batch}, epochs=1,
@@ -84,14 +91,17 @@ print(json.dumps({{"peak_bytes": peak_kib * 1024, "step_seconds": seconds[{warmu
 
 def run_variant(variant: str, manifest: Path, args: argparse.Namespace) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in (*LEAN_ALLOCATOR_ENV, OPT_OUT)}
-    if variant == "lean-allocator":
+    if variant in ("lean-allocator", "indexed-pool"):
         lean = lean_allocator_env(env, glibc=glibc_version(), huge_pages=huge_pages_available())
         if lean is None:
             raise SystemExit("the lean allocator settings do not apply on this machine "
                              "(glibc < 2.35 or transparent huge pages off)")
         env = lean
+        if args.mmap_threshold is not None:
+            env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
     code = CHILD.format(
-        src=str(REPO / "src"), torch_sgd=variant == "torch-sgd", threads=args.threads,
+        src=str(REPO / "src"), torch_sgd=variant == "torch-sgd",
+        indexed_pool=variant == "indexed-pool", threads=args.threads,
         model=args.model, batch=args.batch, img_size=args.img_size, manifest=str(manifest),
         warmup=args.warmup, steps=args.steps,
     )
@@ -113,6 +123,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=8, help="timed steps after the warm-up")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--mmap-threshold", type=int, default=None,
+                        help="bytes, instead of the lean allocator's MALLOC_MMAP_THRESHOLD_")
     parser.add_argument("--output")
     args = parser.parse_args()
 

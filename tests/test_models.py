@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from detbench.models.darknet import (
     DarknetMaxPool,
     LayerSpec,
     MaxPool,
+    MaxPoolKeepingNoIndices,
     Route,
     Shortcut,
     Upsample,
@@ -272,6 +274,50 @@ def test_tiny_stride1_maxpool_keeps_size_and_pads_like_darknet() -> None:
 def test_stride2_maxpool_is_plain_max_pooling() -> None:
     x = torch.randn(2, 4, 26, 20)
     assert torch.equal(DarknetMaxPool(2, 2)(x), torch.nn.functional.max_pool2d(x, 2, 2))
+
+
+def _pool_and_gradient(
+    base: torch.Tensor, stride: int, channels_last: bool, pool: Callable[..., torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output and input gradient of an in-place LeakyReLU (as in a ConvBlock), Darknet's -inf
+    padding for the stride-1 pool, then ``pool``."""
+    x = base.clone().contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format
+    )
+    x.requires_grad_(True)
+    activated = torch.nn.functional.leaky_relu(x * 1.0, 0.1, inplace=True)
+    if stride == 1:
+        activated = torch.nn.functional.pad(activated, (0, 1, 0, 1), value=float("-inf"))
+    output = pool(activated, 2, stride)
+    output.backward(torch.randn(output.shape, generator=torch.Generator().manual_seed(1)))
+    return output.detach(), x.grad
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize(("stride", "size"), [(2, 26), (1, 13)])
+def test_pool_keeping_no_indices_is_bit_identical_to_max_pool2d(
+    stride: int, size: int, ties: bool, channels_last: bool
+) -> None:
+    """Output and gradient, the padded stride-1 pool included; with ties (a coarse grid of
+    values, -0.0 among them) the same cell wins."""
+    base = torch.randn(2, 8, size, size, generator=torch.Generator().manual_seed(0))
+    if ties:
+        base = (base * 2).round() / 2
+        base[base == 0] = -0.0
+    expected = _pool_and_gradient(base, stride, channels_last, torch.nn.functional.max_pool2d)
+    got = _pool_and_gradient(base, stride, channels_last, MaxPoolKeepingNoIndices.apply)
+    for a, b in zip(got, expected, strict=True):
+        assert torch.equal(a, b) and torch.equal(a.signbit(), b.signbit())
+
+
+def test_darknet_pool_keeps_no_indices_only_when_training_on_the_cpu() -> None:
+    x = torch.randn(1, 4, 26, 26, requires_grad=True)
+    assert type(DarknetMaxPool(2, 2)(x).grad_fn).__name__ == "MaxPoolKeepingNoIndicesBackward"
+    assert "KeepingNoIndices" in type(DarknetMaxPool(2, 1)(x[:, :, :13, :13]).grad_fn).__name__
+    with torch.no_grad():
+        assert DarknetMaxPool(2, 2)(x).grad_fn is None
+    assert type(DarknetMaxPool(2, 2)(x.detach()).grad_fn).__name__ == "NoneType"
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -201,6 +201,34 @@ class ConvBlock(nn.Module):
         return self.act(x)
 
 
+class MaxPoolKeepingNoIndices(torch.autograd.Function):
+    """``F.max_pool2d`` (no padding) that keeps only its input for backward, where it
+    recomputes the argmax, instead of also keeping int64 indices: twice the bytes of an fp32
+    output, 91 MB per yolov3-tiny batch of 8 at 416 px. The input is kept either way (by the
+    in-place LeakyReLU before the pool, or by the padding), and the same kernels run, so output
+    and gradient are bit-identical (tested). Used in training on the CPU, where it keeps a train
+    job under 1.5 GB (benchmarks/RESULTS.md); on a GPU the memory is plentiful and the
+    recomputation would cost time.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, size: int, stride: int) -> Tensor:
+        output, _ = torch.ops.aten.max_pool2d_with_indices(x, [size, size], [stride, stride])
+        ctx.save_for_backward(x)
+        ctx.size, ctx.stride = size, stride
+        return output
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None, None]:
+        (x,) = ctx.saved_tensors
+        kernel, stride = [ctx.size, ctx.size], [ctx.stride, ctx.stride]
+        _, indices = torch.ops.aten.max_pool2d_with_indices(x, kernel, stride)
+        grad_input = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad_output, x, kernel, stride, [0, 0], [1, 1], False, indices
+        )
+        return grad_input, None, None
+
+
 class DarknetMaxPool(nn.Module):
     """Darknet's max pooling: ``size - 1`` padding split ``pad // 2`` left/top and the rest
     right/bottom, where padded cells never win (Darknet treats them as -FLT_MAX).
@@ -228,6 +256,8 @@ class DarknetMaxPool(nn.Module):
         if self.pad_before or bottom or right:
             pads = (self.pad_before, right, self.pad_before, bottom)
             x = F.pad(x, pads, mode="constant", value=float("-inf"))
+        if x.device.type == "cpu" and x.requires_grad and torch.is_grad_enabled():
+            return MaxPoolKeepingNoIndices.apply(x, self.size, self.stride)
         return F.max_pool2d(x, self.size, self.stride)
 
     def extra_repr(self) -> str:
