@@ -103,20 +103,18 @@ class SplitEvaluation:
 
 def evaluate_model(
     model: torch.nn.Module,
-    manifest: DatasetManifest,
-    split: str,
-    img_size: int,
+    dataset: DetectionDataset,
+    class_names: tuple[str, ...],
     settings: EvalSettings,
     hyp: TrainHyperparameters,
     device: torch.device,
 ) -> SplitEvaluation:
-    """Detect on ``split`` with ``model`` (already on ``device``) and score the detections: the
-    evaluate job's computation, also run during training (train.eval_interval_epochs)."""
-    records = manifest.records(split)
-    dataset = DetectionDataset(records, img_size)
+    """Detect on ``dataset`` (a split, letterboxed, no augmentation) with ``model`` (already
+    on ``device``) and score the detections: the evaluate job's computation, also run during
+    training (train.eval_interval_epochs), which builds the dataset once for all of them."""
     detections, losses, seconds = predict_split(model, dataset, settings, hyp, device, hyp.amp)
     ground_truth = {
-        r.id: ImageGroundTruth(boxes=r.boxes_xyxy(), classes=r.classes) for r in records
+        r.id: ImageGroundTruth(boxes=r.boxes_xyxy(), classes=r.classes) for r in dataset.records
     }
     image_detections = {
         image_id: ImageDetections(boxes=d.boxes, scores=d.scores, classes=d.classes)
@@ -125,11 +123,11 @@ def evaluate_model(
     metrics = evaluate_detections(
         ground_truth,
         image_detections,
-        manifest.class_names,
+        class_names,
         pr_confidence=settings.pr_confidence,
         max_detections=settings.max_detections,
     )
-    return SplitEvaluation(metrics, image_detections, losses, seconds, len(records))
+    return SplitEvaluation(metrics, image_detections, losses, seconds, len(dataset))
 
 
 def evaluate_cell(
@@ -153,9 +151,10 @@ def evaluate_cell(
     if tuple(metadata["class_names"]) != manifest.class_names:
         raise_mismatch(weights_path, metadata["class_names"], manifest)
     img_size = int(metadata["img_size"])
-    evaluation = evaluate_model(model, manifest, split, img_size, settings, hyp, device)
+    dataset = DetectionDataset(manifest.records(split), img_size)
+    evaluation = evaluate_model(model, dataset, manifest.class_names, settings, hyp, device)
     metrics, losses, seconds = evaluation.metrics, evaluation.losses, evaluation.seconds
-    image_ids = sorted(record.id for record in manifest.records(split))
+    image_ids = sorted(record.id for record in dataset.records)
     image_id_map = {image_id: i + 1 for i, image_id in enumerate(image_ids)}
     atomic.write_json(detections_path, to_coco_results(evaluation.detections, image_id_map))
 

@@ -572,8 +572,13 @@ def train(
         precision = select_precision(device, settings.hyp.amp)
         monitor = TrainMonitor.start(device)  # time -v's figures and NVML samples, all segments
         manifest = DatasetManifest.load(manifest_path)
-        if interim_evaluation is not None and settings.hyp.eval_interval_epochs > 0:
-            manifest.records(interim_evaluation.split)  # no such split: say so now, not later
+        # Built once for all of the job's interim evaluations; a missing split fails here,
+        # before the first epoch.
+        eval_dataset = (
+            DetectionDataset(manifest.records(interim_evaluation.split), settings.img_size)
+            if interim_evaluation is not None and settings.hyp.eval_interval_epochs > 0
+            else None
+        )
         seed_everything(settings.seed)
         model = build_training_model(settings, len(manifest.class_names), weights_file).to(device)
         state = TrainingState.create(model, settings, precision, device)
@@ -629,9 +634,9 @@ def train(
                 row["epoch_seconds"],
                 row["images_per_second"],
             )
-            if interim_evaluation is not None and interim_evaluation_due(settings, epoch):
+            if eval_dataset is not None and interim_evaluation_due(settings, epoch):
                 row |= evaluate_during_training(
-                    state, manifest, interim_evaluation, settings, device
+                    state, eval_dataset, manifest, interim_evaluation, settings, device
                 )
             state.history.append(row)
             if state.next_epoch < settings.epochs and checkpoints.due():
@@ -677,6 +682,7 @@ def interim_evaluation_due(settings: TrainSettings, epoch: int) -> bool:
 
 def evaluate_during_training(
     state: TrainingState,
+    dataset: DetectionDataset,
     manifest: DatasetManifest,
     interim: InterimEvaluation,
     settings: TrainSettings,
@@ -690,21 +696,21 @@ def evaluate_during_training(
     model = state.ema.model if state.ema is not None else state.model
     with torch.random.fork_rng(devices=[]):
         evaluation = evaluate_model(
-            model, manifest, interim.split, settings.img_size, interim.settings, settings.hyp,
-            device,
+            model, dataset, manifest.class_names, interim.settings, settings.hyp, device
         )
+    total_loss = sum(evaluation.losses.values())
     log.info(
         "  %s split: mAP@0.5 %.4f  mAP@0.5:0.95 %.4f  loss %.4f  (%.1f s)",
         interim.split,
         evaluation.metrics.map50,
         evaluation.metrics.map50_95,
-        sum(evaluation.losses.values()),
+        total_loss,
         evaluation.seconds,
     )
     return {
         "eval_map50": evaluation.metrics.map50,
         "eval_map50_95": evaluation.metrics.map50_95,
-        "eval_total_loss": sum(evaluation.losses.values()),
+        "eval_total_loss": total_loss,
         "eval_seconds": evaluation.seconds,
     }
 
