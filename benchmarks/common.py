@@ -7,6 +7,7 @@ import os
 import platform
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +19,7 @@ sys.path.insert(0, str(REPO / "src"))
 import torch  # noqa: E402
 
 from detbench.data.prepare import convert_dataset, prepare_voc_dataset  # noqa: E402
+from detbench.device import Precision, synchronize  # noqa: E402
 
 BCCD_DEFAULT = REPO.parent / "shared" / "data" / "bccd"
 
@@ -93,3 +95,38 @@ def write_json(path: str | None, payload: dict[str, Any]) -> None:
     if path:
         Path(path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {path}")
+
+
+def peak_matmul_flops(device: torch.device, precision: Precision) -> tuple[float, str]:
+    """FLOP/s of a large square matmul in the dtype training computes its convolutions in."""
+    dtype = precision.dtype or torch.float32
+    n = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    synchronize(device)
+    repeats = 20 if device.type == "cuda" else 5
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    return 2.0 * n**3 * repeats / seconds, f"{n}x{n} {str(dtype).removeprefix('torch.')} matmul"
+
+
+def peak_copy_bandwidth(device: torch.device) -> tuple[float, str]:
+    """Bytes/s of device memory: a large tensor copy reads and writes every byte once."""
+    size = 2**30 if device.type == "cuda" else 2**28
+    source = torch.empty(size, dtype=torch.uint8, device=device).fill_(1)
+    target = torch.empty_like(source)
+    for _ in range(3):
+        target.copy_(source)
+    synchronize(device)
+    repeats = 20 if device.type == "cuda" else 5
+    start = time.perf_counter()
+    for _ in range(repeats):
+        target.copy_(source)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    return 2.0 * size * repeats / seconds, f"{size // 2**20} MiB copy"

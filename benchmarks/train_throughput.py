@@ -11,7 +11,10 @@ Their ratio is what the input pipeline costs. Model FLOP utilisation (MFU) = ach
 FLOP/s over a peak measured in the same run: a square matmul in the training dtype. Model FLOPs
 per image = 3 x forward FLOPs (forward + backward's two products), forward FLOPs counted from the
 model's convolutions the way Darknet counts them (2 x multiply-adds): yolov3 65.9 GFLOPs and
-yolov3-tiny 5.6 at 416 px.
+yolov3-tiny 5.6 at 416 px. "Ceiling" is the highest MFU the step's kernels allow at that peak
+and the memory bandwidth measured in the same run (a large copy): the roofline of
+`detbench.profiling.roofline` for the kernels eager PyTorch runs (`benchmarks/mfu_ceiling.py`
+shows the other schemes); "of ceiling" = bare MFU / ceiling.
 
     .venv/bin/python benchmarks/train_throughput.py                      # CPU: yolov3-tiny b8
     .venv/bin/python benchmarks/train_throughput.py --models yolov3 yolov3-tiny --batches 8 32
@@ -25,16 +28,24 @@ import time
 from collections.abc import Callable
 
 import torch
-from common import environment, prepare_manifest, print_table, work_dir, write_json
-from torch import nn
+from common import (
+    environment,
+    peak_copy_bandwidth,
+    peak_matmul_flops,
+    prepare_manifest,
+    print_table,
+    work_dir,
+    write_json,
+)
 
 from detbench.config import TrainHyperparameters
 from detbench.data.dataset import Batch, DatasetManifest
 from detbench.device import Precision, select_device, select_precision, synchronize
 from detbench.loss import YoloLoss
-from detbench.models import build_model
+from detbench.models import get_model_spec
 from detbench.profiling.kernels import ENOUGH_EPOCHS, endless_batches
 from detbench.profiling.resources import shutdown_loader_workers
+from detbench.profiling.roofline import Hardware, forward_conv_flops, step_ceiling
 from detbench.train import (
     TrainingState,
     TrainSettings,
@@ -46,43 +57,6 @@ from detbench.train import (
 )
 
 COMPILE_MODES = ["default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"]
-
-
-def forward_flops(model_name: str, img_size: int, num_classes: int = 80) -> float:
-    """Forward FLOPs of one image, Darknet's way: 2 x multiply-adds of every convolution."""
-    model = build_model(model_name, num_classes=num_classes).eval()
-    total = 0.0
-
-    def count(module: nn.Conv2d, _inputs: object, output: torch.Tensor) -> None:
-        nonlocal total
-        kh, kw = module.kernel_size
-        macs_per_output = module.in_channels // module.groups * kh * kw
-        total += 2.0 * output[0].numel() * macs_per_output
-
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    with torch.no_grad():
-        model(torch.zeros(1, 3, img_size, img_size))
-    for hook in hooks:
-        hook.remove()
-    return total
-
-
-def peak_matmul_flops(device: torch.device, precision: Precision) -> tuple[float, str]:
-    """FLOP/s of a large square matmul in the dtype training computes its convolutions in."""
-    dtype = precision.dtype or torch.float32
-    n = 8192 if device.type == "cuda" else 2048
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    synchronize(device)
-    repeats = 20 if device.type == "cuda" else 5
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    synchronize(device)
-    seconds = time.perf_counter() - start
-    return 2.0 * n**3 * repeats / seconds, f"{n}x{n} {str(dtype).removeprefix('torch.')} matmul"
 
 
 @dataclasses.dataclass
@@ -216,23 +190,31 @@ def main() -> None:
     manifest_path, data = prepare_manifest(work_dir("data"))
     manifest = DatasetManifest.load(manifest_path)
     peak, peak_how = peak_matmul_flops(device, precision)
+    bandwidth, bandwidth_how = peak_copy_bandwidth(device)
+    hardware = Hardware(f"{device} as measured", peak, bandwidth)
+    element_bytes = (precision.dtype or torch.float32).itemsize
 
     rows, results = [], []
     for model_name in args.models:
-        coco_gflops = forward_flops(model_name, args.img_size) / 1e9
+        spec = get_model_spec(model_name)
+        coco_gflops = forward_conv_flops(spec.layers(80), args.img_size) / 1e9
         print(f"{model_name}: {coco_gflops:.1f} forward GFLOPs at {args.img_size} px with COCO's "
               "80 classes (Darknet: yolov3 65.9, yolov3-tiny 5.6 at 416)")
-        flops_per_image = 3 * forward_flops(model_name, args.img_size, len(manifest.class_names))
+        layers = spec.layers(len(manifest.class_names))
+        flops_per_image = 3 * forward_conv_flops(layers, args.img_size)
         for batch in args.batches:
             figures = measure(model_name, batch, args, manifest, device, precision)
             mfu = flops_per_image * figures["bare_images_per_s"] / peak
             real_mfu = flops_per_image * figures.get("real_images_per_s", float("nan")) / peak
+            ceiling = step_ceiling(layers, args.img_size, batch, hardware, "eager", element_bytes)
             figures |= {
                 "model": model_name,
                 "batch": batch,
                 "train_gflops_per_image": flops_per_image / 1e9,
                 "bare_mfu": mfu,
                 "real_mfu": real_mfu,
+                "eager_roofline_ms_per_step": 1000 * ceiling.seconds,
+                "eager_roofline_mfu": ceiling.mfu,
             }
             results.append(figures)
             rows.append([
@@ -240,7 +222,7 @@ def main() -> None:
                 figures["bare_images_per_s"], figures.get("real_ms_per_step", float("nan")),
                 figures.get("real_images_per_s", float("nan")),
                 figures.get("real_over_bare_time", float("nan")), 100 * mfu, 100 * real_mfu,
-                figures["loader_workers"],
+                100 * ceiling.mfu, 100 * mfu / ceiling.mfu, figures["loader_workers"],
             ])
     env = environment(device)
     layout = "NCHW" if args.contiguous else "channels-last"
@@ -249,14 +231,19 @@ def main() -> None:
           f"{precision.name}, {layout}{compiled}); data: {data}")
     print(f"peak: {peak / 1e12:.3g} TFLOP/s ({peak_how}); model FLOPs/image = 3 x forward "
           "(Darknet count: 2 x conv multiply-adds)")
+    print(f"memory bandwidth: {bandwidth / 1e9:.4g} GB/s ({bandwidth_how}); ceiling = the eager "
+          f"kernels' roofline at that peak and bandwidth, {element_bytes}-byte activations")
     print_table(["model", "batch", "first step s", "bare ms/step", "bare img/s", "real ms/step",
-                 "real img/s", "real/bare time", "bare MFU %", "real MFU %", "workers"], rows)
+                 "real img/s", "real/bare time", "bare MFU %", "real MFU %", "ceiling %",
+                 "of ceiling %", "workers"], rows)
     write_json(args.output, {
         "environment": env,
         "data": data,
         "precision": precision.name,
         "peak_flops": peak,
         "peak_measured_with": peak_how,
+        "bandwidth_bytes_per_s": bandwidth,
+        "bandwidth_measured_with": bandwidth_how,
         "settings": {k: v for k, v in vars(args).items() if k != "output"},
         "results": results,
     })
