@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -57,10 +58,48 @@ def bbox_ciou(box1: torch.Tensor, box2: torch.Tensor, eps: float = 1e-7) -> torc
     return iou - (centre_sq / diagonal_sq + v * alpha)
 
 
+@dataclasses.dataclass(frozen=True)
+class Assignment:
+    """Which predictions a batch's targets supervise, all levels in two tensors.
+
+    ``indices`` rows: (image, anchor, grid x, grid y, class); ``boxes`` rows: the target box
+    (cx and cy relative to its cell, w and h) in grid cells; ``counts``: rows per level, in
+    order, known on the host so that splitting them never waits for the device.
+    """
+
+    indices: torch.Tensor  # (n, 5) int64
+    boxes: torch.Tensor  # (n, 4) float
+    counts: tuple[int, ...]
+
+    def to(self, device: torch.device) -> Assignment:
+        """Copies that do not wait for the device's queue: from pinned memory on CUDA."""
+        if self.indices.device == device:
+            return self
+        if device.type == "cuda" and self.indices.device.type == "cpu":
+            return Assignment(
+                self.indices.pin_memory().to(device, non_blocking=True),
+                self.boxes.pin_memory().to(device, non_blocking=True),
+                self.counts,
+            )
+        return Assignment(self.indices.to(device), self.boxes.to(device), self.counts)
+
+    def level(self, level: int) -> tuple[torch.Tensor, ...] | None:
+        """(image, anchor, gi, gj, box, cls) of one level, or None when it has no targets."""
+        if self.counts[level] == 0:
+            return None
+        start = sum(self.counts[:level])
+        rows = slice(start, start + self.counts[level])
+        image, anchor, gi, gj, cls = self.indices[rows].unbind(1)
+        return image, anchor, gi, gj, self.boxes[rows], cls
+
+
 class YoloLoss:
     def __init__(self, model: nn.Module, hyp: TrainHyperparameters) -> None:
         self.strides: list[int] = list(model.strides)
         self.anchors: torch.Tensor = model.anchors.detach()  # (levels, 3, 2) px
+        # Targets arrive from the loader on the host; assigning them there keeps the loss free
+        # of device syncs (see assign).
+        self.host_anchors: torch.Tensor = self.anchors.cpu()
         self.num_classes: int = model.num_classes
         self.hyp = hyp
         finest_first = sorted(range(len(self.strides)), key=lambda i: self.strides[i])
@@ -72,25 +111,35 @@ class YoloLoss:
         self.bce = nn.BCEWithLogitsLoss()
 
     def __call__(
-        self, raw: list[torch.Tensor], targets: torch.Tensor
+        self, raw: list[torch.Tensor], targets: torch.Tensor | Assignment
     ) -> tuple[torch.Tensor, LossItems]:
         """Loss for one batch.
 
         ``raw``: per level (B, 3, ny, nx, 5 + nc) network outputs; ``targets``: (N, 6) rows of
-        (image index, class, cx, cy, w, h) normalised to the input. Returns the loss to
-        backpropagate (summed terms times the batch size, as the 2020 recipe does) and the
-        three per-image terms for logging.
+        (image index, class, cx, cy, w, h) normalised to the input, or their ``assign`` result.
+        Returns the loss to backpropagate (summed terms times the batch size, as the 2020
+        recipe does) and the three per-image terms for logging: reading those is the one
+        point where the host waits for the device.
         """
+        terms = self.terms(raw, targets)
+        box, obj, cls = terms.detach().float().tolist()
+        items = LossItems(box=box, obj=obj, cls=cls)
+        return (terms[0] + terms[1] + terms[2]) * raw[0].shape[0], items
+
+    def terms(self, raw: list[torch.Tensor], targets: torch.Tensor | Assignment) -> torch.Tensor:
+        """The box, objectness and class terms (gains applied), a (3,) tensor on the device,
+        computed without waiting for the device when the targets are on the host."""
         device = raw[0].device
+        if not isinstance(targets, Assignment):
+            targets = self.assign(targets, [tuple(output.shape[2:4]) for output in raw])
+        assignment = targets.to(device)
         lbox = torch.zeros((), device=device)
         lobj = torch.zeros((), device=device)
         lcls = torch.zeros((), device=device)
-        targets = targets.to(device)
         for level, output in enumerate(raw):
             output = output.float()
-            batch, _, ny, nx, _ = output.shape
             tobj = torch.zeros(output.shape[:4], device=device)
-            matched = self._assign(targets, level, nx, ny)
+            matched = assignment.level(level)
             if matched is not None:
                 image, anchor, gi, gj, box_target, cls_target = matched
                 pred = output[image, anchor, gj, gi]
@@ -107,28 +156,47 @@ class YoloLoss:
                     onehot[torch.arange(len(cls_target), device=device), cls_target] = 1.0
                     lcls = lcls + self.bce(pred[:, 5:], onehot)
             lobj = lobj + self.bce(output[..., 4], tobj) * self.balance[level]
-        lbox = lbox * self.hyp.box_gain
-        lobj = lobj * self.hyp.obj_gain
-        lcls = lcls * self.cls_gain
-        batch = raw[0].shape[0]
-        # One device sync for the three logged values, not three.
-        box, obj, cls = torch.stack((lbox, lobj, lcls)).detach().float().tolist()
-        items = LossItems(box=box, obj=obj, cls=cls)
-        return (lbox + lobj + lcls) * batch, items
+        return torch.stack(
+            (lbox * self.hyp.box_gain, lobj * self.hyp.obj_gain, lcls * self.cls_gain)
+        )
 
-    def _assign(
-        self, targets: torch.Tensor, level: int, nx: int, ny: int
-    ) -> tuple[torch.Tensor, ...] | None:
+    def grid_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """(ny, nx) of every level's grid for an input of ``height`` x ``width`` pixels."""
+        return [(height // stride, width // stride) for stride in self.strides]
+
+    def assign(self, targets: torch.Tensor, grid_sizes: Sequence[tuple[int, int]]) -> Assignment:
+        """Each target, at every level, goes to the grid cell containing its centre, with
+        every anchor whose width and height ratios to it are below ``anchor_threshold``.
+
+        Computed where ``targets`` are: on the host (as the loader delivers them) ``nonzero``
+        and the lengths it yields cost no device sync. Done on the device, they would stall
+        the host until the forward pass has finished, then leave the GPU idle while the
+        loss's small kernels are launched one by one.
+        """
+        anchors = self.host_anchors if targets.device.type == "cpu" else self.anchors
+        indices, boxes, counts = [], [], []
+        for level, (ny, nx) in enumerate(grid_sizes):
+            level_indices, level_boxes = self._assign_level(
+                targets, anchors[level].to(targets.device) / self.strides[level], nx, ny
+            )
+            indices.append(level_indices)
+            boxes.append(level_boxes)
+            counts.append(len(level_indices))
+        return Assignment(torch.cat(indices), torch.cat(boxes), tuple(counts))
+
+    def _assign_level(
+        self, targets: torch.Tensor, anchor_wh: torch.Tensor, nx: int, ny: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of (image, anchor, gi, gj, class) and (cx, cy in the cell, w, h) for one level;
+        ``anchor_wh``: (3, 2) anchor sizes in this level's grid cells."""
         if len(targets) == 0:
-            return None
+            empty = torch.zeros((0, 5), dtype=torch.long, device=targets.device)
+            return empty, torch.zeros((0, 4), dtype=targets.dtype, device=targets.device)
         scale = torch.tensor([nx, ny, nx, ny], device=targets.device, dtype=targets.dtype)
         grid_boxes = targets[:, 2:6] * scale  # cx, cy, w, h in grid cells
-        anchor_wh = self.anchors[level].to(targets.device) / self.strides[level]  # (3, 2)
         ratio = grid_boxes[:, None, 2:4] / anchor_wh[None]  # (N, 3, 2)
         fits = torch.max(ratio, 1 / ratio).amax(dim=2) < self.hyp.anchor_threshold
         target_index, anchor = fits.nonzero(as_tuple=True)
-        if len(target_index) == 0:
-            return None
         boxes = grid_boxes[target_index]
         gi = boxes[:, 0].long().clamp(0, nx - 1)
         gj = boxes[:, 1].long().clamp(0, ny - 1)
@@ -137,4 +205,4 @@ class YoloLoss:
         )
         image = targets[target_index, 0].long()
         cls_target = targets[target_index, 1].long()
-        return image, anchor, gi, gj, box_target, cls_target
+        return torch.stack((image, anchor, gi, gj, cls_target), dim=1), box_target
