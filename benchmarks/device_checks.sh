@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks of issue 8, in one go, for a session with a lent CUDA machine (the device
 # tool's lease is 15 minutes, start-up included; this script stops itself after DEADLINE_S,
-# default 540): throughput and MFU per model x batch (bare step and real loop), the input
+# default 540): the MFU ceiling at the measured peak and bandwidth, throughput and MFU per
+# model x batch (bare step and real loop, each against that ceiling), where yolov3 b32's step
+# goes (GPU busy against step time), the CUDA-only test that the loss never syncs, the input
 # pipeline per worker count, yolov3 b32 under torch.compile in the default mode and with CUDA
 # graphs ("reduce-overhead"), then the sweep projection with what time is left. Everything
 # under $OUT; results so far and what they showed: benchmarks/RESULTS.md, "GPU".
@@ -35,9 +37,18 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,
 'cuda', torch.cuda.is_available())"
 nproc
 
+step MFU ceiling, roofline at the peak and bandwidth measured here
+within 30 "$PYTHON" mfu_ceiling.py --measure --output "$OUT/mfu_ceiling.json"
+
 step train throughput, channels-last, bare step and real loop
 within 150 "$PYTHON" train_throughput.py --models yolov3 yolov3-tiny --batches 8 16 32 \
     --steps 20 --warmup 5 --output "$OUT/train_throughput.json"
+
+step where the yolov3 b32 step goes: cumulative parts, GPU busy time
+within 60 "$PYTHON" step_breakdown.py --model yolov3 --batch 32 --output "$OUT/step_breakdown.json"
+
+step the loss makes no device sync: the CUDA-only test, needs pytest on the machine
+within 60 "$PYTHON" -m pytest -q -p no:cacheprovider ../tests/test_loss.py
 
 step input pipeline, batch 32
 within 45 "$PYTHON" data_pipeline.py --workers 8 16 --batch 32 --batches 40 \
