@@ -8,7 +8,7 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -97,22 +97,28 @@ def write_json(path: str | None, payload: dict[str, Any]) -> None:
         print(f"wrote {path}")
 
 
+def seconds_per_call(operation: Callable[[], object], device: torch.device) -> float:
+    """Wall seconds of one call, the device synchronised: 3 untimed calls, then the mean of
+    20 on CUDA (5 on the CPU)."""
+    for _ in range(3):
+        operation()
+    synchronize(device)
+    repeats = 20 if device.type == "cuda" else 5
+    start = time.perf_counter()
+    for _ in range(repeats):
+        operation()
+    synchronize(device)
+    return (time.perf_counter() - start) / repeats
+
+
 def peak_matmul_flops(device: torch.device, precision: Precision) -> tuple[float, str]:
     """FLOP/s of a large square matmul in the dtype training computes its convolutions in."""
     dtype = precision.dtype or torch.float32
     n = 8192 if device.type == "cuda" else 2048
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    synchronize(device)
-    repeats = 20 if device.type == "cuda" else 5
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    synchronize(device)
-    seconds = time.perf_counter() - start
-    return 2.0 * n**3 * repeats / seconds, f"{n}x{n} {str(dtype).removeprefix('torch.')} matmul"
+    seconds = seconds_per_call(lambda: a @ b, device)
+    return 2.0 * n**3 / seconds, f"{n}x{n} {str(dtype).removeprefix('torch.')} matmul"
 
 
 def peak_copy_bandwidth(device: torch.device) -> tuple[float, str]:
@@ -120,13 +126,5 @@ def peak_copy_bandwidth(device: torch.device) -> tuple[float, str]:
     size = 2**30 if device.type == "cuda" else 2**28
     source = torch.empty(size, dtype=torch.uint8, device=device).fill_(1)
     target = torch.empty_like(source)
-    for _ in range(3):
-        target.copy_(source)
-    synchronize(device)
-    repeats = 20 if device.type == "cuda" else 5
-    start = time.perf_counter()
-    for _ in range(repeats):
-        target.copy_(source)
-    synchronize(device)
-    seconds = time.perf_counter() - start
-    return 2.0 * size * repeats / seconds, f"{size // 2**20} MiB copy"
+    seconds = seconds_per_call(lambda: target.copy_(source), device)
+    return 2.0 * size / seconds, f"{size // 2**20} MiB copy"

@@ -19,6 +19,7 @@ the training dtype and a large copy, as `train_throughput.py` measures them).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 import torch
 from common import (
@@ -31,6 +32,7 @@ from common import (
 
 from detbench.device import select_device, select_precision
 from detbench.models import get_model_spec
+from detbench.models.darknet import LayerSpec
 from detbench.profiling.roofline import (
     H100_SXM,
     SCHEMES,
@@ -52,18 +54,17 @@ def hardware_from_args(args: argparse.Namespace) -> tuple[Hardware, int]:
         bandwidth, bandwidth_how = peak_copy_bandwidth(device)
         name = f"{environment(device)['device_name']}, measured: {peak_how}, {bandwidth_how}"
         return Hardware(name, peak, bandwidth), (precision.dtype or torch.float32).itemsize
+    if args.peak_tflops is None and args.bandwidth_tbs is None:
+        return H100_SXM, 2
     peak = args.peak_tflops * 1e12 if args.peak_tflops else H100_SXM.peak_flops
     bandwidth = args.bandwidth_tbs * 1e12 if args.bandwidth_tbs else H100_SXM.bandwidth
-    if (peak, bandwidth) == (H100_SXM.peak_flops, H100_SXM.bandwidth):
-        return H100_SXM, 2
     return Hardware(f"given: {peak / 1e12:.4g} TFLOP/s, {bandwidth / 1e12:.4g} TB/s", peak,
                     bandwidth), 2
 
 
-def biggest_kernels(model: str, batch: int, img_size: int, hardware: Hardware,
-                    element: int, count: int) -> list[list[object]]:
+def biggest_kernels(layers: Sequence[LayerSpec], batch: int, img_size: int,
+                    hardware: Hardware, element: int, count: int) -> list[list[object]]:
     """The eager step's kernel groups that take longest at the roofline, summed over layers."""
-    layers = get_model_spec(model).layers(3)
     totals: dict[tuple[str, str], float] = {}
     for kernel in training_kernels(layers, img_size, batch, "eager", element):
         key = (kernel.kind, kernel.what)
@@ -85,9 +86,9 @@ def main() -> None:
     args = parser.parse_args()
 
     hardware, element = hardware_from_args(args)
+    layers_of = {model: get_model_spec(model).layers(3) for model in args.models}  # BCCD's 3
     rows, results = [], []
-    for model in args.models:
-        layers = get_model_spec(model).layers(3)  # BCCD's 3 classes
+    for model, layers in layers_of.items():
         for batch in args.batches:
             for scheme in SCHEMES:
                 ceiling = step_ceiling(layers, args.img_size, batch, hardware, scheme, element)
@@ -103,16 +104,16 @@ def main() -> None:
     print(f"MFU ceiling of one training step at {args.img_size} px, 3 classes, "
           f"{element}-byte activations; hardware: {hardware.name} (ridge point "
           f"{hardware.ridge_point:.0f} FLOPs/byte)")
-    for model in args.models:
-        gflops = forward_conv_flops(get_model_spec(model).layers(3), args.img_size) / 1e9
+    for model, layers in layers_of.items():
+        gflops = forward_conv_flops(layers, args.img_size) / 1e9
         print(f"  {model}: {gflops:.2f} forward GFLOPs per image; model FLOPs = 3 x forward")
     print("floor in ms per step, by kernel kind (each kernel at max(FLOPs/peak, bytes/bandwidth))")
     print_table(["model", "batch", "kernels", *KINDS, "floor ms", "MFU ceiling %"], rows)
     largest = args.batches[-1]
-    for model in args.models:
+    for model, layers in layers_of.items():
         print(f"\nlargest eager kernel groups, {model} batch {largest} (ms per step at the floor)")
         print_table(["kind", "kernel", "ms"],
-                    biggest_kernels(model, largest, args.img_size, hardware, element, 8))
+                    biggest_kernels(layers, largest, args.img_size, hardware, element, 8))
     write_json(args.output, {
         "hardware": {"name": hardware.name, "peak_flops": hardware.peak_flops,
                      "bandwidth_bytes_per_s": hardware.bandwidth},

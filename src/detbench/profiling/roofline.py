@@ -137,13 +137,19 @@ def layer_inputs(
     return result
 
 
+def conv_flops(spec: Conv, source: TensorShape, output: TensorShape, batch: int) -> float:
+    """One pass of a convolution (forward, or either gradient), Darknet's way: 2 x its
+    multiply-adds."""
+    return 2.0 * output.elements(batch) * source.channels * spec.size**2
+
+
 def forward_conv_flops(layers: Sequence[LayerSpec], img_size: int) -> float:
-    """Forward FLOPs of one image, Darknet's way: 2 x multiply-adds of every convolution."""
-    total = 0.0
-    for spec, (inputs, output) in zip(layers, layer_inputs(layers, img_size), strict=True):
-        if isinstance(spec, Conv):
-            total += 2.0 * output.elements(1) * inputs[0].channels * spec.size**2
-    return total
+    """Forward FLOPs of one image: every convolution's pass."""
+    return sum(
+        conv_flops(spec, inputs[0], output, batch=1)
+        for spec, (inputs, output) in zip(layers, layer_inputs(layers, img_size), strict=True)
+        if isinstance(spec, Conv)
+    )
 
 
 def consumer_counts(layers: Sequence[LayerSpec]) -> dict[int, int]:
@@ -178,7 +184,7 @@ def consumer_counts(layers: Sequence[LayerSpec]) -> dict[int, int]:
 def conv_kernels(
     i: int, spec: Conv, source: TensorShape, output: TensorShape, batch: int, element: int
 ) -> list[Kernel]:
-    flops = 2.0 * output.elements(batch) * source.channels * spec.size**2
+    flops = conv_flops(spec, source, output, batch)
     weights = output.channels * source.channels * spec.size**2
     x, y = source.elements(batch) * element, output.elements(batch) * element
     kernels = [
