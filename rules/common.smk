@@ -16,7 +16,7 @@ from detbench.config import (
     without_runtime_keys,
     without_unprofiled_keys,
 )
-from detbench.data.prepare import check_source
+from detbench.data.prepare import check_source, local_source_files
 from detbench.errors import DetbenchError
 
 
@@ -77,6 +77,12 @@ def summary_metrics(wildcards):
 
 def summary_runs(wildcards):
     return [f"{cell}/run.json" for cell in study_cells() + other_platform_cells()]
+
+
+def dataset_source_files(wildcards):
+    """Every file of a local VOC dataset (dataset.source a path): editing one, to fix a broken
+    annotation say, reruns the copy and what depends on it. None for a named source."""
+    return local_source_files(config["dataset"])
 
 
 def model_weights(wildcards):

@@ -8,6 +8,8 @@ localrules:
 
 
 rule download:
+    input:
+        dataset_source_files,
     output:
         directory(f"{DATASET_DIR}/voc"),
     log:

@@ -161,6 +161,8 @@ def test_unparseable_xml_fails_in_convert_and_keeps_the_download(
     error_lines = [line for line in run.stderr.splitlines() if broken.name in line]
     assert error_lines, f"stderr does not name {broken.name}:\n{run.describe()}"
     assert any("XML" in line for line in error_lines), error_lines
+    # The error names the user's file (the one to fix), not the workflow's copy of it.
+    assert any(str(broken) in line for line in error_lines), error_lines
     dataset = workflow_copy / "results/datasets/broken"
     log = (dataset / "logs/convert.log").read_text(encoding="utf-8")
     assert broken.name in log and "Traceback" not in log, log
@@ -170,6 +172,15 @@ def test_unparseable_xml_fails_in_convert_and_keeps_the_download(
         list((source / "JPEGImages").iterdir())
     )
     assert not (dataset / "yolo").exists()
+
+    # Fixing the source file and running again is enough: the edit reruns the copy.
+    shutil.copy(synthetic_voc / "Annotations" / broken.name, broken)
+    rerun = snakemake(
+        workflow_copy, "results/datasets/broken/yolo", "--cores", "1", "--configfile", "broken.yaml"
+    )
+    assert rerun.returncode == 0, rerun.describe()
+    assert rerun.job_stats() == {"download": 1, "convert": 1}, rerun.describe()
+    assert (dataset / "yolo/manifest.json").is_file()
 
 
 # --------------------------------------------------------------------------- end to end

@@ -35,6 +35,21 @@ def check_source(dataset: Mapping[str, Any], config_name: str = "config") -> Non
         )
 
 
+def local_source_files(dataset: Mapping[str, Any]) -> list[str]:
+    """The files the download stage copies from a local VOC dataset (none for a named source)."""
+    from detbench.data.voc import COPIED_SUBDIRS
+
+    directory = source_directory(dataset)
+    if directory is None or not directory.is_dir():
+        return []
+    return sorted(
+        str(path)
+        for sub in COPIED_SUBDIRS
+        for path in (directory / sub).rglob("*")
+        if path.is_file()
+    )
+
+
 def prepare_voc_dataset(dataset: Mapping[str, Any], out_dir: Path, *, seed: int = 0) -> None:
     source = str(dataset["source"])
     if source == "synthetic":
@@ -81,13 +96,20 @@ def convert_dataset(dataset: Mapping[str, Any], voc_dir: Path, out_dir: Path) ->
     if dataset["source"] == "coco":
         manifest = _adopt_converted(voc_dir, out_dir)
     else:
-        manifest = convert_voc_to_yolo(
-            voc_dir,
-            out_dir,
-            class_names=list(dataset["classes"]),
-            splits=splits_to_convert(dataset, voc_dir),
-            dataset_name=str(dataset["name"]),
-        )
+        try:
+            manifest = convert_voc_to_yolo(
+                voc_dir,
+                out_dir,
+                class_names=list(dataset["classes"]),
+                splits=splits_to_convert(dataset, voc_dir),
+                dataset_name=str(dataset["name"]),
+            )
+        except DetbenchError as error:
+            source = source_directory(dataset)
+            if source is None:
+                raise
+            # Name the user's file, not the workflow's copy of it: the source is what to fix.
+            raise DetbenchError(str(error).replace(str(voc_dir), str(source))) from None
     for split, counts in manifest["counts"].items():
         log.info("%s: %d images, boxes %s", split, counts["images"], counts["boxes"])
     if manifest["dropped_boxes"]:

@@ -31,6 +31,8 @@ from detbench.errors import DetbenchError
 IMAGE_DIR = "JPEGImages"
 ANNOTATION_DIR = "Annotations"
 IMAGESET_DIR = Path("ImageSets") / "Main"
+# What the download stage copies from a local VOC dataset.
+COPIED_SUBDIRS = (IMAGE_DIR, ANNOTATION_DIR, "ImageSets")
 LABEL_DIR = "labels"
 MANIFEST_NAME = "manifest.json"
 
@@ -146,7 +148,7 @@ def import_voc_directory(source: Path, out_dir: Path) -> None:
     if src == dst or src.is_relative_to(dst) or dst.is_relative_to(src):
         raise DetbenchError(f"{out_dir}: output directory overlaps the source dataset {source}")
     with atomic_directory(out_dir) as tmp:
-        for sub in (IMAGE_DIR, ANNOTATION_DIR, "ImageSets"):
+        for sub in COPIED_SUBDIRS:
             shutil.copytree(source / sub, tmp / sub)
         for path in sorted(source.iterdir()):
             if path.is_file() and path.name.upper().startswith(_METADATA_PREFIXES):
