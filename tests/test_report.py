@@ -74,6 +74,10 @@ def summary_row(platform: str, model: str, batch: int, epochs: int, **values: An
     return row
 
 
+# The 2020 study's setup, which a measured cell must share to be compared with its figures.
+SETUP_2020 = {"dataset": "bccd", "img_size": 416}
+
+
 def frame_of(rows: list[dict], published: bool = False) -> pd.DataFrame:
     return cell_frame(pd.DataFrame(rows), published_frame() if published else None)
 
@@ -228,8 +232,8 @@ def test_comparison_ratio_faster_and_differences_per_cell() -> None:
 def test_published_platform_is_compared_on_user_time_only() -> None:
     # b4_e1 has a user time and b4_e5 only a train wall time: that one is not compared.
     rows = [
-        summary_row("a", "yolov3", 4, 1, train_time_s=5.0, user_time_s=119.36),
-        summary_row("a", "yolov3", 4, 5, train_time_s=5.0),
+        summary_row("a", "yolov3", 4, 1, train_time_s=5.0, user_time_s=119.36, **SETUP_2020),
+        summary_row("a", "yolov3", 4, 5, train_time_s=5.0, **SETUP_2020),
     ]
     frame = frame_of(rows, published=True)
     cells = comparison.compare_cells(frame, ["a", T4])
@@ -242,11 +246,39 @@ def test_published_platform_is_compared_on_user_time_only() -> None:
 
 
 def test_comparison_says_when_the_user_time_is_missing() -> None:
-    frame = frame_of([summary_row("a", "yolov3", 4, 1)], published=True)
+    frame = frame_of([summary_row("a", "yolov3", 4, 1, **SETUP_2020)], published=True)
     text = comparison.comparison_document(frame, ["a", T4, P40]).to_markdown()
     assert "## A = a, B = cloud-t4 (published 2020)" in text
     assert "a has no user time (user_time_s) recorded" in text
     assert "never with the train wall time" in text
+
+
+def test_cells_of_another_dataset_or_image_size_are_not_compared() -> None:
+    # The published cells are BCCD at 416 px: a synthetic run is listed as unlike, not timed.
+    rows = [
+        summary_row("a", "yolov3", 4, 1, user_time_s=10.0),  # synthetic, 64 px
+        summary_row("a", "yolov3", 4, 5, user_time_s=50.0, dataset="bccd", img_size=320),
+        summary_row("a", "yolov3", 8, 1, user_time_s=20.0, **SETUP_2020),
+        summary_row("b", "yolov3", 4, 1, img_size=128),
+    ]
+    frame = frame_of(rows, published=True)
+    cells = comparison.compare_cells(frame, ["a", "b", T4])
+    assert set(cells["platform_b"]) == {T4}
+    assert list(zip(cells["batch"], cells["epochs"], strict=True)) == [(8, 1)]
+    note = comparison.setup_note(frame, "a", T4)
+    assert note == (
+        "2 cells finished on both but not compared: a trained on synthetic at 64 px and bccd "
+        f"at 320 px, {T4} on bccd at 416 px; cells are compared only on the same dataset and "
+        "image size."
+    )
+    assert comparison.setup_note(frame, T4, P40) is None
+    text = comparison.comparison_document(frame, ["a", "b", T4]).to_markdown()
+    assert "1 cell finished on both; time basis: process user CPU time." in text
+    assert "1 cell finished on both but not compared: a trained on synthetic at 64 px, b on " \
+        "synthetic at 128 px" in text
+    sentences = findings.platform_speed(frame, ["a", "b", T4])
+    assert sentences[0].startswith("a vs b: 1 cell finished on both but not compared")
+    assert sentences[1].startswith(f"yolov3, a vs {T4} (process user CPU time, 1 cell on both)")
 
 
 def test_one_measured_platform_says_only_one_platform_is_present() -> None:
@@ -511,10 +543,13 @@ def test_tiny_study_comparison_and_findings(tiny_report: dict[str, Any]) -> None
     assert "Only one platform is present: test-cpu is the only measured platform" in text
     cells = _read_csv(report_dir / "comparison/cells.csv")
     pairs = {(c["platform_a"], c["platform_b"]) for c in cells}
-    # b4_e1 and b8_e1 of the tiny grid are cells of the 2020 grid too.
-    assert ("test-cpu", T4) in pairs and (T4, P40) in pairs
-    tiny_vs_t4 = [c for c in cells if c["platform_b"] == T4 and c["platform_a"] == "test-cpu"]
-    assert {c["time_basis"] for c in tiny_vs_t4} == {"user_time_s"}
+    # b4_e1 and b8_e1 of the tiny grid are cells of the 2020 grid too, but on synthetic images
+    # at 64 px: listed as not compared with the study's BCCD cells, never timed against them.
+    assert (T4, P40) in pairs and ("test-cpu", T4) not in pairs
+    assert (
+        "finished on both but not compared: test-cpu trained on synthetic-tiny at 64 px, "
+        f"{T4} on bccd at 416 px"
+    ) in text
     found = (report_dir / "findings.md").read_text(encoding="utf-8")
     assert "On test-cpu, yolov3-tiny trained" in found
     assert "Only one platform is present" in found
