@@ -21,7 +21,11 @@ from detbench.errors import DetbenchError
 
 
 def _config_source():
-    return ", ".join(str(f) for f in workflow.configfiles) or "config"
+    """Where the config came from, for error messages: its files and any --config values."""
+    sources = [str(f) for f in workflow.configfiles]
+    if workflow.config_settings.config:
+        sources.append("--config")
+    return ", ".join(sources) or "config"
 
 
 try:

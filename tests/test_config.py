@@ -239,6 +239,18 @@ def test_snakemake_rejects_bad_config_before_any_job(
     assert matching, f"no line names both {key!r} and the config file:\n{run.describe()}"
 
 
+def test_bad_command_line_config_is_named_as_such(
+    snakemake: Callable[..., Any], workflow_copy: Path, tiny_config: Path
+) -> None:
+    good = workflow_copy / "good.yaml"
+    good.write_text(tiny_config.read_text(encoding="utf-8"), encoding="utf-8")
+    run = snakemake(workflow_copy, "-n", "--cores", "1", "--configfile", good.name,
+                    "--config", "foo=1")  # fmt: skip
+    _nothing_ran(run, workflow_copy)
+    matching = [line for line in run.output.splitlines() if "'foo'" in line]
+    assert matching and all("good.yaml, --config: " in line for line in matching), run.describe()
+
+
 def test_snakemake_rejects_yaml_syntax_error_before_any_job(
     snakemake: Callable[..., Any], workflow_copy: Path
 ) -> None:
