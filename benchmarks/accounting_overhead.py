@@ -1,4 +1,5 @@
-"""How much the resource accounting and the NVML sampler add to a train job (issue 4: <= 2%).
+"""How much the resource accounting and the NVML sampler add to a train job (issue 4;
+target: <= 2%).
 
 The same short training runs with detbench's monitor (rusage accounting, the 0.5 s sampler
 thread reading /proc and, on a GPU, NVML; the provenance block with its git calls) and without
@@ -30,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 import torch  # noqa: E402
+from common import description  # noqa: E402
 
 import detbench.train as train_module  # noqa: E402
 from detbench.config import TrainHyperparameters  # noqa: E402
@@ -119,7 +121,7 @@ def fixed_cost_s(repeats: int = 5) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--pairs", type=int, default=5, help="A/B pairs (each run twice, ABBA)")
     parser.add_argument("--model", default="yolov3-tiny")
     parser.add_argument("--images", type=int, default=32)

@@ -17,7 +17,7 @@ import argparse
 import logging
 import time
 
-from common import environment, prepare_manifest, print_table, work_dir, write_json
+from common import description, environment, prepare_data, print_table, work_dir, write_json
 
 from detbench.config import EvalSettings, TrainHyperparameters
 from detbench.evaluate import evaluate_cell
@@ -25,7 +25,7 @@ from detbench.train import TrainOutputs, TrainSettings, train
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--model", default="yolov3-tiny")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=20)
@@ -36,8 +36,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
-    work = work_dir("bccd-accuracy")
-    manifest, data = prepare_manifest(work, synthetic_fallback=False)
+    # The cell beside the data it trains on: one trained on another copy is never resumed.
+    work, manifest, data = prepare_data(work_dir("bccd-accuracy"), synthetic_fallback=False)
     hyp = TrainHyperparameters()
     settings = TrainSettings(
         model=args.model,

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import environment, print_table, write_json
+from common import description, environment, print_table, write_json
 
 from detbench.device import select_precision
 from detbench.models import build_model
@@ -37,7 +37,7 @@ def training_state(model_name: str) -> TrainingState:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--models", nargs="+", default=["yolov3-tiny", "yolov3"])
     parser.add_argument("--folder", type=Path, default=None)
     parser.add_argument("--repeats", type=int, default=3)

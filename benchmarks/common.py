@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -22,21 +24,52 @@ from detbench.data.prepare import convert_dataset, prepare_voc_dataset  # noqa: 
 from detbench.device import Precision, synchronize  # noqa: E402
 
 BCCD_DEFAULT = REPO.parent / "shared" / "data" / "bccd"
+# The synthetic stand-in for BCCD when it is absent: BCCD's split sizes and image size.
+SYNTHETIC_SIZES = {"train": 205, "val": 87, "test": 72, "width": 640, "height": 480}
+SYNTHETIC_SEED = 0
+_ISSUE_REFERENCE = re.compile(r"\s*\(issue \d+\)|(?<=\()issue \d+[;:]\s*")
+
+
+def description(doc: str | None) -> str:
+    """A script's --help description: its docstring's first paragraph as one line, without
+    the references to the project's issues (they are for its developers)."""
+    paragraph = (doc or "").strip().split("\n\n")[0]
+    return _ISSUE_REFERENCE.sub("", " ".join(paragraph.split()))
 
 
 def bccd_directory() -> Path | None:
-    """The real BCCD (VOC layout) from DETBENCH_BCCD_DIR or ../shared/data/bccd, if present."""
-    path = Path(os.environ.get("DETBENCH_BCCD_DIR", BCCD_DEFAULT))
-    return path if (path / "Annotations").is_dir() else None
+    """The real BCCD (VOC layout) from DETBENCH_BCCD_DIR or ../shared/data/bccd, if present;
+    resolved, so that two spellings of one folder are one source."""
+    path = bccd_path()
+    return path.resolve() if (path / "Annotations").is_dir() else None
 
 
-def prepare_manifest(work: Path, *, synthetic_fallback: bool = True) -> tuple[Path, str]:
-    """Convert BCCD (or, without it, a synthetic dataset of BCCD's size) under ``work``;
-    return the manifest path and a description of the data."""
+def bccd_path() -> Path:
+    """Where BCCD is looked for: DETBENCH_BCCD_DIR, else ../shared/data/bccd."""
+    return Path(os.environ.get("DETBENCH_BCCD_DIR", BCCD_DEFAULT))
+
+
+def source_key(source: Path | None) -> str:
+    """The cache folder's name for data prepared from ``source`` (a resolved BCCD folder, or
+    None for the synthetic stand-in): one folder per source, so that switching source never
+    reuses the other's data. Synthetic: its sizes and seed; BCCD: a hash of its path."""
+    if source is None:
+        s = SYNTHETIC_SIZES
+        return (
+            f"synthetic-{s['train']}-{s['val']}-{s['test']}-{s['width']}x{s['height']}"
+            f"-seed{SYNTHETIC_SEED}"
+        )
+    return "bccd-" + hashlib.sha256(str(source).encode()).hexdigest()[:12]
+
+
+def prepare_data(work: Path, *, synthetic_fallback: bool = True) -> tuple[Path, Path, str]:
+    """Convert BCCD (or, without it, a synthetic dataset of BCCD's size) under
+    ``work/<source_key>``, unless already there; return that folder (for anything else that
+    depends on the data), the manifest path and a description of the data."""
     source = bccd_directory()
     if source is None and not synthetic_fallback:
         raise SystemExit(
-            f"BCCD not found at {BCCD_DEFAULT}: set DETBENCH_BCCD_DIR to a VOC copy of it"
+            f"BCCD not found at {bccd_path()}: set DETBENCH_BCCD_DIR to a VOC copy of it"
         )
     dataset: dict[str, Any] = {
         "name": "bccd" if source else "synthetic",
@@ -44,14 +77,21 @@ def prepare_manifest(work: Path, *, synthetic_fallback: bool = True) -> tuple[Pa
         "classes": ["RBC", "WBC", "Platelets"],
         "train_split": "train",
         "eval_split": "test",
-        "synthetic": {"train": 205, "val": 87, "test": 72, "width": 640, "height": 480},
+        "synthetic": dict(SYNTHETIC_SIZES),
     }
-    voc, yolo = work / "voc", work / "yolo"
+    folder = work / source_key(source)
+    voc, yolo = folder / "voc", folder / "yolo"
     if not (yolo / "manifest.json").exists():
-        prepare_voc_dataset(dataset, voc, seed=0)
+        prepare_voc_dataset(dataset, voc, seed=SYNTHETIC_SEED)
         convert_dataset(dataset, voc, yolo)
     label = f"BCCD ({source})" if source else "synthetic, BCCD-sized (BCCD not found)"
-    return yolo / "manifest.json", label
+    return folder, yolo / "manifest.json", label
+
+
+def prepare_manifest(work: Path, *, synthetic_fallback: bool = True) -> tuple[Path, str]:
+    """`prepare_data` without the folder: the manifest path and a description of the data."""
+    _, manifest, label = prepare_data(work, synthetic_fallback=synthetic_fallback)
+    return manifest, label
 
 
 def work_dir(name: str) -> Path:

@@ -15,7 +15,7 @@ import time
 
 import cv2
 import torch
-from common import environment, prepare_manifest, print_table, work_dir, write_json
+from common import description, environment, prepare_manifest, print_table, work_dir, write_json
 
 from detbench.config import TrainHyperparameters
 from detbench.data.dataset import DatasetManifest
@@ -39,7 +39,7 @@ def images_per_second(loader: torch.utils.data.DataLoader, batches: int) -> floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--batches", type=int, default=60)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import environment, prepare_manifest, print_table, work_dir, write_json
+from common import description, environment, prepare_data, print_table, work_dir, write_json
 
 from detbench.config import EvalSettings, TrainHyperparameters
 from detbench.data.dataset import DatasetManifest, DetectionDataset
@@ -56,7 +56,7 @@ def pycocotools_seconds(ground_truth, detections, class_names, sizes) -> tuple[f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--model", default="yolov3-tiny")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--img-size", type=int, default=416)
@@ -65,8 +65,8 @@ def main() -> None:
     parser.add_argument("--output")
     args = parser.parse_args()
 
-    work = work_dir("evaluate")
-    manifest_path, data = prepare_manifest(work)
+    # The cell beside the data it trains on: one trained on another source is never resumed.
+    work, manifest_path, data = prepare_data(work_dir("evaluate"))
     settings = TrainSettings(args.model, args.batch, 1, img_size=args.img_size)
     cell = work / f"{args.model}_b{args.batch}_{args.img_size}"
     outputs = TrainOutputs.in_folder(cell)

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import torch
 from common import (
+    description,
     environment,
     peak_copy_bandwidth,
     peak_matmul_flops,
@@ -74,7 +75,7 @@ def biggest_kernels(layers: Sequence[LayerSpec], batch: int, img_size: int,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--models", nargs="+", default=["yolov3", "yolov3-tiny"])
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--img-size", type=int, default=416)

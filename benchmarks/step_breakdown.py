@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from common import environment, prepare_manifest, print_table, work_dir, write_json
+from common import description, environment, prepare_manifest, print_table, work_dir, write_json
 
 from detbench.config import TrainHyperparameters
 from detbench.data.dataset import DatasetManifest
@@ -47,7 +47,7 @@ def median_ms(run: Callable[[], object], repeats: int, device: torch.device) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--model", default="yolov3")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--img-size", type=int, default=416)
@@ -57,7 +57,8 @@ def main() -> None:
 
     device = select_device("auto")
     precision = select_precision(device, amp=True)
-    manifest = DatasetManifest.load(prepare_manifest(work_dir("data"))[0])
+    manifest_path, data = prepare_manifest(work_dir("data"))
+    manifest = DatasetManifest.load(manifest_path)
     settings = TrainSettings(args.model, args.batch, 1, img_size=args.img_size,
                              hyp=TrainHyperparameters(workers=0))
     seed_everything(0)
@@ -117,7 +118,7 @@ def main() -> None:
 
     env = environment(device)
     print(f"{args.model} b{args.batch} at {args.img_size} px on {env['device_name']} "
-          f"({precision.name}, channels-last), median of {args.repeats}")
+          f"({precision.name}, channels-last), median of {args.repeats}; data: {data}")
     print_table(["cumulative part", "ms"], rows)
     step_ms = rows[-1][1]
     print(f"{kind} busy {busy_ms:.1f} ms per train_step = {100 * busy_ms / step_ms:.0f}% of its "
@@ -133,6 +134,7 @@ def main() -> None:
                  for a in cpu_ops[:15]])
     write_json(args.output, {
         "environment": env,
+        "data": data,
         "settings": {k: v for k, v in vars(args).items() if k != "output"},
         "cumulative_ms": dict(rows),
         "profiled_wall_ms": wall_ms,

@@ -31,7 +31,15 @@ import time
 from pathlib import Path
 
 import torch
-from common import REPO, environment, prepare_manifest, print_table, work_dir, write_json
+from common import (
+    REPO,
+    description,
+    environment,
+    prepare_manifest,
+    print_table,
+    work_dir,
+    write_json,
+)
 
 from detbench.config import EvalSettings, ProfileSettings, TrainHyperparameters
 from detbench.evaluate import evaluate_cell
@@ -119,7 +127,7 @@ def project(cells: list[dict], epochs_grid: list[int], start_seconds: float) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--models", nargs="+", default=["yolov3-tiny", "yolov3"])
     parser.add_argument("--batches", type=int, nargs="+", default=list(STUDY_BATCHES))
     parser.add_argument("--epochs-grid", type=int, nargs="+", default=list(STUDY_EPOCHS))

@@ -35,7 +35,15 @@ import sys
 from pathlib import Path
 
 import torch
-from common import REPO, environment, prepare_manifest, print_table, work_dir, write_json
+from common import (
+    REPO,
+    description,
+    environment,
+    prepare_manifest,
+    print_table,
+    work_dir,
+    write_json,
+)
 
 from detbench.allocator import (
     LEAN_ALLOCATOR_ENV,
@@ -113,7 +121,7 @@ def run_variant(variant: str, manifest: Path, args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--rounds", type=int, default=2,
                         help="fresh processes per variant, variants alternating")

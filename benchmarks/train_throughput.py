@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 import torch
 from common import (
+    description,
     environment,
     peak_copy_bandwidth,
     peak_matmul_flops,
@@ -159,7 +160,7 @@ def peak_gpu_memory(device: torch.device) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--models", nargs="+", default=None,
                         help="default: both on CUDA, yolov3-tiny on the CPU")
     parser.add_argument("--batches", type=int, nargs="+", default=None,

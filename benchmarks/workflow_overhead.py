@@ -13,7 +13,15 @@ import subprocess
 import sys
 import time
 
-from common import REPO, environment, prepare_manifest, print_table, work_dir, write_json
+from common import (
+    REPO,
+    description,
+    environment,
+    prepare_manifest,
+    print_table,
+    work_dir,
+    write_json,
+)
 
 SNAKEMAKE = str(REPO / ".venv" / "bin" / "snakemake")
 
@@ -42,7 +50,7 @@ def timed(command: list[str], cwd: str | None = None) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output")
     args = parser.parse_args()
