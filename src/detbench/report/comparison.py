@@ -122,12 +122,15 @@ def setup_note(frame: pd.DataFrame, a: str, b: str) -> str | None:
     unlike = both[~same_setup(both)]
     if unlike.empty:
         return None
-    count = "1 cell" if len(unlike) == 1 else f"{len(unlike)} cells"
     return (
-        f"{count} finished on both but not compared: {a} trained on {_setups(unlike, 'a')}, "
-        f"{b} on {_setups(unlike, 'b')}; cells are compared only on the same dataset and "
-        "image size."
+        f"{cell_count(len(unlike))} finished on both but not compared: {a} trained on "
+        f"{_setups(unlike, 'a')}, {b} on {_setups(unlike, 'b')}; cells are compared only on "
+        "the same dataset and image size."
     )
+
+
+def cell_count(count: int) -> str:
+    return "1 cell" if count == 1 else f"{count} cells"
 
 
 def _setups(cells: pd.DataFrame, side: str) -> str:
@@ -297,8 +300,7 @@ def _pair_section(
     if pair_cells.empty:
         document.paragraph(unlike or "No cell finished on both platforms: nothing to compare.")
         return
-    count = "1 cell" if len(pair_cells) == 1 else f"{len(pair_cells)} cells"
-    document.paragraph(f"{count} finished on both; time basis: {basis.text}.")
+    document.paragraph(f"{cell_count(len(pair_cells))} finished on both; time basis: {basis.text}.")
     for note in (unlike, missing_time_note(frame, a, b, basis)):
         if note:
             document.note(note)

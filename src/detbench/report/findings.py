@@ -18,6 +18,7 @@ from detbench import atomic
 from detbench.report.comparison import (
     USER,
     WALL,
+    cell_count,
     compare_cells,
     missing_time_note,
     platform_pairs,
@@ -61,7 +62,7 @@ def model_speed(frame: pd.DataFrame, platform: str) -> str:
         )
     ratios = (full.loc[both] / tiny.loc[both]).astype(float)
     median = float(ratios.median())
-    cells_text = _cell_count(len(ratios))
+    cells_text = cell_count(len(ratios))
     spread = f"; range {ratios.min():.2f}–{ratios.max():.2f}" if len(ratios) > 1 else ""
     detail = f"{FULL} / {TINY} {text}, median over {cells_text} run with both models{spread}"
     if median > 1:
@@ -103,7 +104,7 @@ def platform_speed(frame: pd.DataFrame, platforms: Sequence[str]) -> list[str]:
         timed = pair.dropna(subset=["time_ratio_a_over_b"])
         if timed.empty:
             note = missing_time_note(frame, a, b, basis) or "no time on both sides."
-            sentences.append(f"{a} vs {b} ({_cell_count(len(pair))} on both): {note}")
+            sentences.append(f"{a} vs {b} ({cell_count(len(pair))} on both): {note}")
             continue
         for model, group in timed.groupby("model", sort=False):
             sentences.append(_pair_sentence(a, b, model, group, basis.text))
@@ -119,7 +120,7 @@ def _pair_sentence(a: str, b: str, model: str, group: pd.DataFrame, basis: str) 
     faster_time = min(widest["time_a_s"], widest["time_b_s"])
     spread = f" (range {ratios.min():.2f}–{ratios.max():.2f})" if len(group) > 1 else ""
     return (
-        f"{model}, {a} vs {b} ({basis}, {_cell_count(len(group))} on both): {a} was faster in "
+        f"{model}, {a} vs {b} ({basis}, {cell_count(len(group))} on both): {a} was faster in "
         f"{a_wins}, {b} in {b_wins}; median time ratio {a}/{b} = {ratios.median():.2f}{spread}. "
         f"Largest gap at batch {int(widest['batch'])}, {_epochs(int(widest['epochs']))}: "
         f"{widest['faster']} took {widest['times_faster']:.2f}× less time "
@@ -230,10 +231,6 @@ def _direction(new: float, old: float, up: str, down: str, same: str) -> str:
     if new < old:
         return down
     return same
-
-
-def _cell_count(count: int) -> str:
-    return "1 cell" if count == 1 else f"{count} cells"
 
 
 def _epochs(count: int) -> str:
