@@ -34,12 +34,12 @@ import torch  # noqa: E402
 from common import description  # noqa: E402
 
 import detbench.train as train_module  # noqa: E402
-from detbench.config import TrainHyperparameters  # noqa: E402
+from detbench.config import TrainHyperparameters, TrainSettings  # noqa: E402
 from detbench.data.synthetic import generate_synthetic_voc  # noqa: E402
 from detbench.data.voc import convert_voc_to_yolo  # noqa: E402
 from detbench.profiling import monitor as monitor_module  # noqa: E402
 from detbench.profiling.resources import ResourceMeter  # noqa: E402
-from detbench.train import TrainOutputs, TrainSettings, train  # noqa: E402
+from detbench.train import TrainOutputs, train  # noqa: E402
 
 
 class NullMonitor:
@@ -107,7 +107,7 @@ def sampler_tick_cost_s(ticks: int = 2000) -> float:
 def fixed_cost_s(repeats: int = 5) -> float:
     """Seconds of the monitor's per-job work outside the sampler (median of ``repeats``)."""
     device = torch.device("cpu")
-    settings = TrainSettings("yolov3-tiny", batch_size=8, epochs=1)
+    settings = TrainSettings("yolov3-tiny", batch=8, epochs=1)
     costs = []
     with tempfile.TemporaryDirectory(prefix="detbench-overhead-") as tmp:
         for _ in range(repeats):
@@ -135,7 +135,7 @@ def main() -> None:
 
     settings = TrainSettings(
         args.model,
-        batch_size=args.batch,
+        batch=args.batch,
         epochs=args.epochs,
         img_size=args.img_size,
         hyp=TrainHyperparameters(workers=args.workers),

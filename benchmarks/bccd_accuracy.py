@@ -19,9 +19,9 @@ import time
 
 from common import description, environment, prepare_data, print_table, work_dir, write_json
 
-from detbench.config import EvalSettings, TrainHyperparameters
+from detbench.config import EvalSettings, TrainHyperparameters, TrainSettings
 from detbench.evaluate import evaluate_cell
-from detbench.train import TrainOutputs, TrainSettings, train
+from detbench.train import TrainOutputs, train
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     hyp = TrainHyperparameters()
     settings = TrainSettings(
         model=args.model,
-        batch_size=args.batch,
+        batch=args.batch,
         epochs=args.epochs,
         img_size=args.img_size,
         seed=args.seed,

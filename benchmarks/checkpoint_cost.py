@@ -19,14 +19,16 @@ from pathlib import Path
 import torch
 from common import description, environment, print_table, write_json
 
+from detbench.checkpoint import save_checkpoint
+from detbench.config import TrainSettings
 from detbench.device import select_precision
+from detbench.engine import TrainingState
 from detbench.models import build_model
-from detbench.train import TrainingState, TrainSettings, save_checkpoint
 
 
 def training_state(model_name: str) -> TrainingState:
     """A state as after a first optimizer step: SGD's momentum buffers exist."""
-    settings = TrainSettings(model_name, batch_size=8, epochs=1)
+    settings = TrainSettings(model_name, batch=8, epochs=1)
     device = torch.device("cpu")
     model = build_model(model_name, num_classes=3)
     state = TrainingState.create(model, settings, select_precision(device, True), device)

@@ -17,10 +17,10 @@ import cv2
 import torch
 from common import description, environment, prepare_manifest, print_table, work_dir, write_json
 
-from detbench.config import TrainHyperparameters
+from detbench.config import TrainHyperparameters, TrainSettings
 from detbench.data.dataset import DatasetManifest
-from detbench.profiling.kernels import ENOUGH_EPOCHS
-from detbench.train import TrainSettings, make_train_loader
+from detbench.data.loader import make_train_loader
+from detbench.kernel_profile import ENOUGH_EPOCHS
 
 
 def images_per_second(loader: torch.utils.data.DataLoader, batches: int) -> float:
@@ -61,7 +61,7 @@ def main() -> None:
     for workers in args.workers:
         settings = TrainSettings(
             model="yolov3-tiny",
-            batch_size=args.batch,
+            batch=args.batch,
             epochs=1,
             img_size=args.img_size,
             hyp=TrainHyperparameters(workers=workers, mosaic=args.mosaic),

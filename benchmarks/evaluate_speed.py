@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 
 import torch
+from coco_reference import rounded_as_in_coco_results, to_coco_ground_truth
 from common import description, environment, prepare_data, print_table, work_dir, write_json
 
-from detbench.config import EvalSettings, TrainHyperparameters
+from detbench.config import EvalSettings, TrainHyperparameters, TrainSettings
 from detbench.data.dataset import DatasetManifest, DetectionDataset
 from detbench.evaluate import predict_split
 from detbench.inference import load_trained_model
@@ -30,11 +31,9 @@ from detbench.metrics import (
     ImageGroundTruth,
     coco_image_ids,
     evaluate_detections,
-    rounded_as_in_coco_results,
-    to_coco_ground_truth,
     to_coco_results,
 )
-from detbench.train import TrainOutputs, TrainSettings, train
+from detbench.train import TrainOutputs, train
 
 
 def pycocotools_seconds(ground_truth, detections, class_names, sizes) -> tuple[float, float]:

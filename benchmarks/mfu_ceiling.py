@@ -1,6 +1,6 @@
 """The highest model FLOP utilisation a training step can reach on given hardware (issue 8).
 
-A roofline of one training step (`detbench.profiling.roofline`): every kernel takes at least
+A roofline of one training step (`benchmarks/roofline.py`): every kernel takes at least
 max(FLOPs / peak, bytes / bandwidth), kernels of one stream run one after another, so a step
 takes at least their sum, and MFU can be at most model FLOPs / that floor / peak. Printed per
 model x batch for three kernel sets: what eager PyTorch runs, with batch norm + LeakyReLU fused
@@ -30,18 +30,18 @@ from common import (
     print_table,
     write_json,
 )
+from roofline import (
+    H100_SXM,
+    SCHEMES,
+    Hardware,
+    step_ceiling,
+    training_kernels,
+)
 
 from detbench.device import select_device, select_precision
 from detbench.models import get_model_spec
 from detbench.models.darknet import LayerSpec
-from detbench.profiling.roofline import (
-    H100_SXM,
-    SCHEMES,
-    Hardware,
-    forward_conv_flops,
-    step_ceiling,
-    training_kernels,
-)
+from detbench.models.flops import forward_conv_flops
 
 KINDS = ("conv", "batch norm", "activation", "data movement", "optimizer")
 

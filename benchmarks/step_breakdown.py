@@ -20,19 +20,13 @@ from collections.abc import Callable
 import torch
 from common import description, environment, prepare_manifest, print_table, work_dir, write_json
 
-from detbench.config import TrainHyperparameters
+from detbench.config import TrainHyperparameters, TrainSettings
 from detbench.data.dataset import DatasetManifest
+from detbench.data.loader import make_train_loader
 from detbench.device import select_device, select_precision, synchronize
+from detbench.engine import TrainingState, build_training_model, seed_everything, train_step
+from detbench.kernel_profile import CPU_ACTIVITY, CUDA_ACTIVITY, activity_table
 from detbench.loss import YoloLoss
-from detbench.profiling.kernels import CPU_ACTIVITY, CUDA_ACTIVITY, activity_table
-from detbench.train import (
-    TrainingState,
-    TrainSettings,
-    build_training_model,
-    make_train_loader,
-    seed_everything,
-    train_step,
-)
 
 
 def median_ms(run: Callable[[], object], repeats: int, device: torch.device) -> float:

@@ -41,10 +41,10 @@ from common import (
     write_json,
 )
 
-from detbench.config import EvalSettings, ProfileSettings, TrainHyperparameters
+from detbench.config import EvalSettings, ProfileSettings, TrainHyperparameters, TrainSettings
 from detbench.evaluate import evaluate_cell
-from detbench.profiling.kernels import ProfileOutputs, profile_cell
-from detbench.train import TrainOutputs, TrainSettings, train
+from detbench.kernel_profile import ProfileOutputs, profile_cell
+from detbench.train import TrainOutputs, train
 
 STUDY_BATCHES = (4, 8, 16, 32)
 STUDY_EPOCHS = (1, 5, 10, 20)
@@ -68,7 +68,7 @@ def measure_cell(
     model: str, batch: int, args: argparse.Namespace, manifest: Path, folder: Path
 ) -> dict[str, float]:
     hyp = TrainHyperparameters(cudnn_benchmark=args.cudnn_benchmark == "on")
-    settings = TrainSettings(model=model, batch_size=batch, epochs=args.epochs, hyp=hyp)
+    settings = TrainSettings(model=model, batch=batch, epochs=args.epochs, hyp=hyp)
     outputs = TrainOutputs.in_folder(folder)
     record = train(settings, manifest, outputs)
     with outputs.history.open(encoding="utf-8") as handle:

@@ -59,28 +59,30 @@ CHILD = """
 import json, sys, time
 sys.path.insert(0, {src!r})
 import torch
-import detbench.train as train_module
-from detbench.config import TrainHyperparameters
+import detbench.engine as engine
+import detbench.optim as optim
+from detbench.config import TrainHyperparameters, TrainSettings
+from detbench.data.loader import make_train_loader
 from detbench.data.dataset import DatasetManifest
 from detbench.device import select_precision
 from detbench.loss import YoloLoss
-from detbench.profiling.kernels import ENOUGH_EPOCHS, endless_batches
+from detbench.kernel_profile import ENOUGH_EPOCHS, endless_batches
 
 if {torch_sgd!r}:
-    train_module.EagerSGD = torch.optim.SGD
+    optim.EagerSGD = torch.optim.SGD
 if {indexed_pool!r}:
     import detbench.models.darknet as darknet
     darknet.MaxPoolKeepingNoIndices.apply = torch.nn.functional.max_pool2d
 torch.set_num_threads({threads})
 device = torch.device("cpu")
-settings = train_module.TrainSettings(model={model!r}, batch_size={batch}, epochs=1,
-                                      img_size={img_size}, hyp=TrainHyperparameters(workers=0))
-train_module.seed_everything(0)
+settings = TrainSettings(model={model!r}, batch={batch}, epochs=1,
+                         img_size={img_size}, hyp=TrainHyperparameters(workers=0))
+engine.seed_everything(0)
 manifest = DatasetManifest.load({manifest!r})
-loader = train_module.make_train_loader(manifest, settings, device, epochs=ENOUGH_EPOCHS)
-model = train_module.build_training_model(settings, len(manifest.class_names))
+loader = make_train_loader(manifest, settings, device, epochs=ENOUGH_EPOCHS)
+model = engine.build_training_model(settings, len(manifest.class_names))
 precision = select_precision(device, amp=True)
-state = train_module.TrainingState.create(model, settings, precision, device)
+state = engine.TrainingState.create(model, settings, precision, device)
 loss_fn = YoloLoss(model, settings.hyp)
 batches = endless_batches(loader)
 model.train()
@@ -88,7 +90,7 @@ seconds = []
 for step in range({warmup} + {steps}):
     batch = next(batches)
     start = time.perf_counter()
-    train_module.train_step(state, batch, loss_fn, precision, device)
+    engine.train_step(state, batch, loss_fn, precision, device)
     seconds.append(time.perf_counter() - start)
 status = open("/proc/self/status").read().split("\\n")
 peak_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))

@@ -13,7 +13,7 @@ per image = 3 x forward FLOPs (forward + backward's two products), forward FLOPs
 model's convolutions the way Darknet counts them (2 x multiply-adds): yolov3 65.9 GFLOPs and
 yolov3-tiny 5.6 at 416 px. "Ceiling" is the highest MFU the step's kernels allow at that peak
 and the memory bandwidth measured in the same run (a large copy): the roofline of
-`detbench.profiling.roofline` for the kernels eager PyTorch runs (`benchmarks/mfu_ceiling.py`
+`benchmarks/roofline.py` for the kernels eager PyTorch runs (`benchmarks/mfu_ceiling.py`
 shows the other schemes); "of ceiling" = bare MFU / ceiling.
 
     .venv/bin/python benchmarks/train_throughput.py                      # CPU: yolov3-tiny b8
@@ -38,24 +38,18 @@ from common import (
     work_dir,
     write_json,
 )
+from roofline import Hardware, step_ceiling
 
-from detbench.config import TrainHyperparameters
+from detbench.config import TrainHyperparameters, TrainSettings
 from detbench.data.dataset import Batch, DatasetManifest
+from detbench.data.loader import make_train_loader, steps_per_epoch
 from detbench.device import Precision, select_device, select_precision, synchronize
+from detbench.engine import TrainingState, build_training_model, seed_everything, train_step
+from detbench.kernel_profile import ENOUGH_EPOCHS, endless_batches
 from detbench.loss import YoloLoss
 from detbench.models import get_model_spec
-from detbench.profiling.kernels import ENOUGH_EPOCHS, endless_batches
+from detbench.models.flops import forward_conv_flops
 from detbench.profiling.resources import shutdown_loader_workers
-from detbench.profiling.roofline import Hardware, forward_conv_flops, step_ceiling
-from detbench.train import (
-    TrainingState,
-    TrainSettings,
-    build_training_model,
-    make_train_loader,
-    seed_everything,
-    steps_per_epoch,
-    train_step,
-)
 
 COMPILE_MODES = ["default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"]
 
@@ -96,7 +90,7 @@ def measure(
 ) -> dict[str, float]:
     settings = TrainSettings(
         model=model_name,
-        batch_size=batch,
+        batch=batch,
         epochs=1,
         img_size=args.img_size,
         # Compiled below, in the mode asked for (train.compile compiles in the default mode).

@@ -32,7 +32,9 @@ sys.path.insert(0, {src!r})
 import torch
 from detbench.data.dataset import DatasetManifest
 from detbench.device import select_precision
-from detbench.train import TrainSettings, TrainingState, build_training_model, make_train_loader
+from detbench.config import TrainSettings
+from detbench.data.loader import make_train_loader
+from detbench.engine import TrainingState, build_training_model
 settings = TrainSettings({model!r}, 8, 1, img_size=416)
 manifest = DatasetManifest.load({manifest!r})
 device = torch.device("cpu")

@@ -3,8 +3,8 @@
 
 rule aggregate:
     input:
-        metrics=summary_metrics,
-        runs=summary_runs,
+        metrics=summary_files(cells.METRICS),
+        runs=summary_files(cells.RUN_RECORD),
         profiles=summary_profiles,
     output:
         summary=report(

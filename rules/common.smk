@@ -1,6 +1,7 @@
-# Shared helpers of the workflow (the validated config, path builders, the cell grid).
+# Shared helpers of the workflow: the validated config, path patterns, input functions. What
+# the workflow decides (which jobs a config change reruns, wall time, the cell grid) lives in
+# detbench.planning; cell folders and file names in detbench.cells.
 
-import math
 import re
 import sys
 from functools import cache
@@ -10,12 +11,8 @@ from pathlib import Path
 # environment of its own, say); the scripts in workflow/scripts do the same.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from detbench.aggregate import find_cells
-from detbench.config import (
-    validate_config,
-    without_runtime_keys,
-    without_unprofiled_keys,
-)
+from detbench import cells, planning
+from detbench.config import validate_config
 from detbench.data.prepare import check_source, local_source_files
 from detbench.errors import DetbenchError
 
@@ -36,51 +33,61 @@ except DetbenchError as error:
 
 
 PLATFORM = config["platform"]
-DATASET = config["dataset"]["name"]
 MODELS = list(config["models"])
-DATASET_DIR = f"results/datasets/{DATASET}"
-CELL = "results/{platform}/{model}/b{batch}_e{epochs}"
-CHECKPOINTS = f"{CELL}/checkpoints"
+DATASET_DIR = f"results/datasets/{config['dataset']['name']}"
+CELL = cells.snakemake_cell_pattern()
+CHECKPOINTS = f"{CELL}/{cells.CHECKPOINTS}"
+PROFILE = cells.snakemake_profile_pattern()
+CELL_WILDCARDS = cells.wildcard_constraints(PLATFORM)
 
 
 wildcard_constraints:
     # Only the active platform's cells are built here; other platforms' cells under results/
     # are read as they are, never retrained.
-    platform=re.escape(PLATFORM),
-    dataset=re.escape(DATASET),
-    model="yolov3|yolov3-tiny",
-    batch=r"[1-9]\d*",
-    epochs=r"[1-9]\d*",
+    platform=CELL_WILDCARDS["platform"],
+    model=CELL_WILDCARDS["model"],
+    batch=CELL_WILDCARDS["batch"],
+    epochs=CELL_WILDCARDS["epochs"],
+    repeat_suffix=CELL_WILDCARDS["repeat_suffix"],
     weights_file=r"yolov3\.weights|yolov3-tiny\.weights|darknet53\.conv\.74",
 
 
-def study_cells():
-    """Cell folders of the configured grid on the active platform."""
-    return expand(
-        CELL,
-        platform=PLATFORM,
-        model=MODELS,
-        batch=config["batch_sizes"],
-        epochs=config["epochs"],
-    )
+@cache
+def summary_cells():
+    """Cell folders of the summary: the configured grid on the active platform, then the
+    finished cells of other platforms already under results/ (copied in, for instance).
+    """
+    own = [str(cell.folder()) for cell in planning.study_cells(config)]
+    return own + other_platform_cells()
 
 
 @cache
 def other_platform_cells():
-    """Finished cells of other platforms already under results/ (copied in, for instance)."""
     return [
-        str(cell)
-        for cell in find_cells("results")
-        if cell.parent.parent.name != PLATFORM and (cell / "run.json").exists()
+        str(cell.folder())
+        for cell in cells.find_cells("results")
+        if cell.platform != PLATFORM and cell.file(cells.RUN_RECORD).exists()
     ]
 
 
-def summary_metrics(wildcards):
-    return [f"{cell}/metrics.json" for cell in study_cells() + other_platform_cells()]
+def summary_files(name):
+    """File ``name`` (metrics.json, run.json) of every cell in the summary."""
+    return [f"{cell}/{name}" for cell in summary_cells()]
 
 
-def summary_runs(wildcards):
-    return [f"{cell}/run.json" for cell in study_cells() + other_platform_cells()]
+def summary_profiles(wildcards):
+    """Profile summaries joined into the summary rows: this platform's grid (built here) and
+    those of other platforms already under results/ (read as they are)."""
+    own = [f"{folder}/summary.json" for folder in planning.study_profiles(config)]
+    others = cells.find_profile_files(
+        "results", "summary.json", except_platform=PLATFORM
+    )
+    return own + [str(path) for path in others]
+
+
+def summary_params():
+    """Prices per hour by platform and their currency, for the summary's cost column."""
+    return {"prices": config["gpu_hour_price"], "currency": config["currency"]}
 
 
 def dataset_source_files(wildcards):
@@ -89,49 +96,32 @@ def dataset_source_files(wildcards):
     return local_source_files(config["dataset"])
 
 
-def model_weights(wildcards):
-    """Starting weights (scratch, backbone or coco) configured for the cell's model."""
-    settings = config["models"].get(wildcards.model) or {}
-    return settings.get("weights", "scratch")
-
-
-def starting_weights_file(wildcards):
-    """The official Darknet file a cell starts from (none when training from scratch)."""
+def train_inputs(wildcards):
+    """The converted dataset and, when the model starts from Darknet's weights, that file."""
     from detbench.darknet_files import starting_weights
 
-    file = starting_weights(wildcards.model, model_weights(wildcards))
-    return [] if file is None else f"results/weights/{file.name}"
-
-
-# Dataset keys that shape the training data (eval_split does not).
-TRAINING_DATASET_KEYS = (
-    "name",
-    "source",
-    "classes",
-    "train_split",
-    "synthetic",
-    "max_images",
-)
+    inputs = {"dataset": f"{DATASET_DIR}/yolo"}
+    file = starting_weights(
+        wildcards.model, planning.model_weights(config, wildcards.model)
+    )
+    if file is not None:
+        inputs["weights"] = f"results/weights/{file.name}"
+    return inputs
 
 
 def train_config(wildcards):
-    """The config a cell's training depends on: a change to it retrains the cell."""
-    return {
-        "seed": config["seed"],
-        "img_size": config["img_size"],
-        "dataset": {key: config["dataset"][key] for key in TRAINING_DATASET_KEYS},
-        "weights": model_weights(wildcards),
-        "train": without_runtime_keys(config["train"]),
-    }
+    """What a cell's training depends on (detbench.planning): a change retrains it."""
+    return planning.train_params(config, wildcards.model)
 
 
 def evaluate_config(wildcards):
     """What a cell's evaluation depends on: changing only this re-evaluates, never retrains."""
-    return {
-        "dataset": config["dataset"],
-        "train": without_runtime_keys(config["train"]),
-        "evaluate": config["evaluate"],
-    }
+    return planning.evaluate_params(config)
+
+
+def profile_config(wildcards):
+    """What a profile job depends on (a change reruns it)."""
+    return planning.profile_params(config)
 
 
 def resume_dir(wildcards):
@@ -140,53 +130,14 @@ def resume_dir(wildcards):
     return CHECKPOINTS.format(**wildcards)
 
 
-# Wall time a scheduler is asked for per train job (the `runtime` resource, minutes). Costs are
-# for one training pass at 416 px on a Tesla P40, the slowest GPU of the study, and scale with
-# the pixel count; the margin covers a slower node or a busy file system. Only a scheduler reads
-# this (profiles/slurm): a local run ignores it.
-TRAIN_SECONDS_PER_IMAGE = {"yolov3": 0.05, "yolov3-tiny": 0.015}
-# Per optimizer step whatever its size: small batches cost more per image.
-TRAIN_SECONDS_PER_STEP = 0.05
-# Interpreter, CUDA context, dataset cache, checkpoints, the final save.
-TRAIN_STARTUP_MINUTES = 10
-TRAIN_RUNTIME_MARGIN = 2.0
-# Image counts of the BCCD splits at the pinned commit (the data may not exist yet at planning).
-BCCD_SPLIT_IMAGES = {"train": 205, "val": 87, "trainval": 292, "test": 72}
-
-
-def train_image_count():
-    """Images per training epoch, known from the config before any data is downloaded."""
-    dataset = config["dataset"]
-    source, split = dataset["source"], dataset["train_split"]
-    if source == "synthetic":
-        return dataset["synthetic"]["train"]
-    if source == "bccd":
-        return BCCD_SPLIT_IMAGES.get(split, 364)
-    if source == "coco":
-        return dataset["max_images"] or 118_287
-    split_file = Path(source) / "ImageSets" / "Main" / f"{split}.txt"
-    try:
-        return max(1, len(split_file.read_text().split()))
-    except OSError:
-        return 1000
-
-
 def train_runtime(wildcards, attempt):
-    """Minutes of wall time for one train job, from its model, batch size and epochs.
-
-    A retried job (--retries) asks for `attempt` times as much: one stopped at its wall-time
-    limit resumes from its last checkpoint with room to finish.
-    """
-    images = train_image_count()
-    pixels = (config["img_size"] / 416) ** 2
-    steps = math.ceil(images / int(wildcards.batch))
-    epoch_seconds = (
-        images * TRAIN_SECONDS_PER_IMAGE[wildcards.model] * pixels
-        + steps * TRAIN_SECONDS_PER_STEP
+    """Minutes of wall time a scheduler is asked for per train job (detbench.planning); a
+    retried job (--retries) asks for `attempt` times as much."""
+    images = planning.train_image_count(config["dataset"], DATASET_DIR)
+    batch, epochs = int(wildcards.batch), int(wildcards.epochs)
+    return planning.WALL_TIME.minutes(
+        wildcards.model, batch, epochs, images, config["img_size"], attempt
     )
-    train_minutes = int(wildcards.epochs) * epoch_seconds / 60
-    minutes = TRAIN_STARTUP_MINUTES + TRAIN_RUNTIME_MARGIN * train_minutes
-    return math.ceil(minutes) * attempt
 
 
 def report_reference():
@@ -194,41 +145,24 @@ def report_reference():
     return str(Path(workflow.basedir, "src", "detbench", "reference", "study_2020.csv"))
 
 
+@cache
 def report_layout():
     """What the report shows: this platform, the other platforms under results/, and the two
     published 2020 platforms (file names and labels: src/detbench/report/layout.py)."""
     from detbench.report.layout import build_layout
 
-    return build_layout(
-        PLATFORM,
-        MODELS,
-        config["batch_sizes"],
-        config["epochs"],
-        other_platform_cells(),
-        report_reference(),
-    )
-
-
-def report_layout_params():
-    return report_layout().to_params()
+    grid = (PLATFORM, MODELS, config["batch_sizes"], config["epochs"])
+    return build_layout(*grid, other_platform_cells(), report_reference())
 
 
 def report_files(group):
     """Output files of one report job; those a person reads are flagged for the HTML report."""
-    files = []
-    for entry in getattr(report_layout(), group)():
-        if entry.category is None:
-            files.append(entry.path)
-            continue
-        # (snakefmt reads a line opening with the flag's name as the directive of that name)
-        options = dict(
-            caption=f"../report/{entry.caption}",
-            category=entry.category,
-            subcategory=entry.subcategory,
-            labels=entry.labels,
-        )
-        files.append(report(entry.path, **options))
-    return files
+    return [_report_file(entry) for entry in getattr(report_layout(), group)()]
+
+
+def _report_file(entry):
+    flagged = entry.category is not None
+    return report(entry.path, **entry.report_options()) if flagged else entry.path
 
 
 def report_targets():
@@ -239,60 +173,6 @@ def report_targets():
 def report_histories(wildcards):
     """history.csv of every cell in the summary, for the loss curves (a copied-in cell
     without one gets an empty panel rather than stopping the report)."""
-    copied = [f"{cell}/history.csv" for cell in other_platform_cells()]
-    return [f"{cell}/history.csv" for cell in study_cells()] + [
-        path for path in copied if Path(path).exists()
-    ]
-
-
-def train_inputs(wildcards):
-    """The converted dataset and, when the model starts from Darknet's weights, that file."""
-    inputs = {"dataset": f"{DATASET_DIR}/yolo"}
-    weights = starting_weights_file(wildcards)
-    if weights:
-        inputs["weights"] = weights
-    return inputs
-
-
-# The profile stage (rules/profile.smk): one job per {model, batch} of the grid, since the
-# epochs of a cell do not change its kernels.
-PROFILE = "results/{platform}/{model}/profile_b{batch}"
-
-
-def profile_config(wildcards):
-    """The config sections a profile job depends on (a change reruns it).
-
-    The model starts from its seeded random weights whatever models.<m>.weights says: the
-    weights' values do not change the kernels.
-    """
-    return {
-        "seed": config["seed"],
-        "img_size": config["img_size"],
-        "dataset": config["dataset"],
-        "train": without_unprofiled_keys(config["train"]),
-        "profile": config["profile"],
-    }
-
-
-def summary_profiles(wildcards):
-    """Profile summaries joined into the summary rows: this platform's grid (built here) and
-    those of other platforms already under results/ (read as they are)."""
-    own = expand(
-        f"{PROFILE}/summary.json",
-        platform=PLATFORM,
-        model=MODELS,
-        batch=config["batch_sizes"],
-    )
-    from detbench.aggregate import NOT_PLATFORMS
-
-    others = []
-    for path in sorted(Path("results").glob("*/*/profile_b*/summary.json")):
-        platform = path.parent.parent.parent.name
-        if platform != PLATFORM and platform not in NOT_PLATFORMS:
-            others.append(str(path))
-    return own + others
-
-
-def summary_params():
-    """Prices per hour by platform and their currency, for the summary's cost column."""
-    return {"prices": config["gpu_hour_price"], "currency": config["currency"]}
+    own = [f"{cell.folder()}/{cells.HISTORY}" for cell in planning.study_cells(config)]
+    copied = [f"{cell}/{cells.HISTORY}" for cell in other_platform_cells()]
+    return own + [path for path in copied if Path(path).exists()]

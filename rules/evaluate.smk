@@ -3,11 +3,11 @@
 
 rule evaluate:
     input:
-        weights=f"{CELL}/weights.pt",
+        weights=f"{CELL}/{cells.WEIGHTS}",
         dataset=f"{DATASET_DIR}/yolo",
     output:
-        metrics=f"{CELL}/metrics.json",
-        detections=f"{CELL}/detections.json",
+        metrics=f"{CELL}/{cells.METRICS}",
+        detections=f"{CELL}/{cells.DETECTIONS}",
     log:
         f"{CELL}/logs/evaluate.log",
     benchmark:

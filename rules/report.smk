@@ -23,7 +23,7 @@ rule report_tables:
     conda:
         "../envs/aggregate.yaml"
     params:
-        layout=report_layout_params(),
+        layout=report_layout().to_params(),
     script:
         "../workflow/scripts/report_tables.py"
 
@@ -39,7 +39,7 @@ rule report_comparison:
     conda:
         "../envs/aggregate.yaml"
     params:
-        layout=report_layout_params(),
+        layout=report_layout().to_params(),
     script:
         "../workflow/scripts/report_comparison.py"
 
@@ -55,7 +55,7 @@ rule report_findings:
     conda:
         "../envs/aggregate.yaml"
     params:
-        layout=report_layout_params(),
+        layout=report_layout().to_params(),
     script:
         "../workflow/scripts/report_findings.py"
 
@@ -74,7 +74,7 @@ rule report_plots:
     conda:
         "../envs/aggregate.yaml"
     params:
-        layout=report_layout_params(),
+        layout=report_layout().to_params(),
     script:
         "../workflow/scripts/report_plots.py"
 
@@ -89,7 +89,7 @@ rule report_dataset:
     conda:
         "../envs/aggregate.yaml"
     params:
-        layout=report_layout_params(),
+        layout=report_layout().to_params(),
         dataset=config["dataset"],
     script:
         "../workflow/scripts/report_dataset.py"

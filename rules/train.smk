@@ -22,9 +22,9 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        weights=f"{CELL}/weights.pt",
+        weights=f"{CELL}/{cells.WEIGHTS}",
         history=report(
-            f"{CELL}/history.csv",
+            f"{CELL}/{cells.HISTORY}",
             caption="../report/history.rst",
             category="Training time",
             labels={
@@ -35,8 +35,8 @@ rule train:
                 "table": "history",
             },
         ),
-        record=f"{CELL}/run.json",
-        gpu_samples=f"{CELL}/gpu_samples.csv",
+        record=f"{CELL}/{cells.RUN_RECORD}",
+        gpu_samples=f"{CELL}/{cells.GPU_SAMPLES}",
     log:
         f"{CELL}/logs/train.log",
     benchmark:

@@ -93,14 +93,14 @@ def tiny_trained_cell(synthetic_manifest: Path, tmp_path_factory: pytest.TempPat
     """A yolov3-tiny cell trained for 2 epochs at 64 px: (TrainOutputs, run record)."""
     import torch
 
-    from detbench.config import TrainHyperparameters
-    from detbench.train import TrainOutputs, TrainSettings, train
+    from detbench.config import TrainHyperparameters, TrainSettings
+    from detbench.train import TrainOutputs, train
 
     out = tmp_path_factory.mktemp("tiny_cell")
     outputs = TrainOutputs.in_folder(out)
     settings = TrainSettings(
         model="yolov3-tiny",
-        batch_size=4,
+        batch=4,
         epochs=2,
         img_size=64,
         seed=0,

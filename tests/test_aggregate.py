@@ -19,7 +19,7 @@ CLASSES = ("RBC", "WBC", "Platelets")
 def _run(model: str, batch: int, epochs: int, **changes: Any) -> dict[str, Any]:
     record = {
         "model": model,
-        "batch_size": batch,
+        "batch": batch,
         "epochs": epochs,
         "img_size": 416,
         "seed": 0,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from detbench.config import TrainHyperparameters
+from detbench.config import TrainHyperparameters, TrainSettings
 from detbench.data.augment import (
     PAD_VALUE,
     AugmentSettings,
@@ -22,7 +22,7 @@ from detbench.data.augment import (
     random_flips,
 )
 from detbench.data.dataset import DatasetManifest, DetectionDataset
-from detbench.train import TrainSettings, make_train_loader, steps_per_epoch
+from detbench.data.loader import make_train_loader, steps_per_epoch
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_loader_batches_do_not_depend_on_worker_count(synthetic_manifest: Path, 
     for workers in (0, 2):
         settings = TrainSettings(
             model="yolov3-tiny",
-            batch_size=3,
+            batch=3,
             epochs=2,
             img_size=64,
             seed=seed,
@@ -133,7 +133,7 @@ def test_epochs_run_through_one_iterator_and_resume_where_they_left_off(
     """One loader serves all of a job's epochs; no batch mixes two epochs, each epoch shows
     every image once, and a loader that starts at a later epoch (a resumed job) gives exactly
     the batches the whole run gave from there on."""
-    settings = TrainSettings("yolov3-tiny", batch_size=3, epochs=3, img_size=64,
+    settings = TrainSettings("yolov3-tiny", batch=3, epochs=3, img_size=64,
                              hyp=TrainHyperparameters(workers=0))
     cpu = torch.device("cpu")
     loader = make_train_loader(manifest, settings, cpu)

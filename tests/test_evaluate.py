@@ -129,7 +129,9 @@ def test_detections_load_into_pycocotools(
     evaluated: dict[str, Any], synthetic_manifest: Path
 ) -> None:
     coco_module = pytest.importorskip("pycocotools.coco")
-    from detbench.metrics import ImageGroundTruth, to_coco_ground_truth
+    from coco_reference import to_coco_ground_truth
+
+    from detbench.metrics import ImageGroundTruth
 
     records = DatasetManifest.load(synthetic_manifest).records("test")
     gt = to_coco_ground_truth(

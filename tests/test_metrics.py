@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from coco_reference import rounded_as_in_coco_results, to_coco_ground_truth
 
-from detbench.config import EvalSettings, TrainHyperparameters
+from detbench.config import EvalSettings, TrainHyperparameters, TrainSettings
 from detbench.data.dataset import DatasetManifest, DetectionDataset
 from detbench.data.prepare import convert_dataset, prepare_voc_dataset
 from detbench.evaluate import predict_split
@@ -24,11 +25,9 @@ from detbench.metrics import (
     ImageGroundTruth,
     coco_image_ids,
     evaluate_detections,
-    rounded_as_in_coco_results,
-    to_coco_ground_truth,
     to_coco_results,
 )
-from detbench.train import TrainOutputs, TrainSettings, train
+from detbench.train import TrainOutputs, train
 
 pycocotools_coco = pytest.importorskip("pycocotools.coco")
 pycocotools_cocoeval = pytest.importorskip("pycocotools.cocoeval")

@@ -27,13 +27,12 @@ from detbench.aggregate import COLUMNS, find_cells, write_summary
 from detbench.config import (
     ProfileSettings,
     TrainHyperparameters,
+    TrainSettings,
     load_config_file,
     validate_config,
 )
 from detbench.errors import DetbenchError
-from detbench.models import build_model
-from detbench.profiling import TrainMonitor, nvml, provenance
-from detbench.profiling.kernels import (
+from detbench.kernel_profile import (
     CPU_ACTIVITY,
     CUDA_ACTIVITY,
     KERNEL_COLUMNS,
@@ -42,8 +41,10 @@ from detbench.profiling.kernels import (
     biggest_activity,
     profile_cell,
 )
+from detbench.models import build_model
+from detbench.profiling import TrainMonitor, nvml, provenance
 from detbench.profiling.resources import ResourceMeter, ResourceTotals, rss_kb
-from detbench.train import TrainOutputs, TrainSettings, train
+from detbench.train import TrainOutputs, train
 
 GPU_SAMPLE_COLUMNS = [
     "time_s",
@@ -439,14 +440,14 @@ def test_resumed_train_job_counts_every_segment(
 ) -> None:
     settings = TrainSettings(
         "yolov3-tiny",
-        batch_size=4,
+        batch=4,
         epochs=3,
         img_size=64,
         hyp=TrainHyperparameters(workers=0, checkpoint_interval_s=0),
     )
     first = tmp_path / "results" / "p1" / "yolov3-tiny" / "b4_e3"
     with monkeypatch.context() as patch:
-        patch.setattr(train_module, "_remove_checkpoints", lambda resume_dir: None)
+        patch.setattr(train_module, "remove_checkpoints", lambda resume_dir: None)
         train(settings, synthetic_manifest, TrainOutputs.in_folder(first), threads=1)
     checkpoint = torch.load(
         first / "checkpoints" / "epoch-00002.pt", map_location="cpu", weights_only=False
@@ -486,7 +487,7 @@ def test_git_state_outside_a_checkout_is_unknown(
 
 def test_provenance_hashes_the_given_config_and_names_the_platform() -> None:
     config = {"seed": 3, "train": {"lr0": 0.01}}
-    settings = TrainSettings("yolov3", batch_size=8, epochs=5, seed=3)
+    settings = TrainSettings("yolov3", batch=8, epochs=5, seed=3)
     block = provenance.cell_provenance(
         settings, torch.device("cpu"), None, "baremetal-p40", config, Path("x/run.json")
     )
@@ -510,7 +511,7 @@ def cpu_profile(
         folder / "kernels.csv", folder / "summary.json", folder / "trace.json.gz"
     )
     settings = TrainSettings(
-        "yolov3-tiny", batch_size=4, epochs=1, img_size=64, hyp=TrainHyperparameters(workers=0)
+        "yolov3-tiny", batch=4, epochs=1, img_size=64, hyp=TrainHyperparameters(workers=0)
     )
     threads = torch.get_num_threads()
     try:
@@ -601,7 +602,8 @@ def test_cuda_table_is_made_of_gpu_activities_timed_on_the_device() -> None:
 def _cell(root: Path, platform: str, batch: int, *, run_extra: dict[str, Any]) -> Path:
     cell = root / platform / "yolov3" / f"b{batch}_e5"
     cell.mkdir(parents=True)
-    run = {"dataset": "bccd", "img_size": 416, "train_seconds": 3000.0, **run_extra}
+    run = {"model": "yolov3", "batch": batch, "epochs": 5, "dataset": "bccd", "img_size": 416}
+    run |= {"train_seconds": 3000.0, **run_extra}
     (cell / "run.json").write_text(json.dumps(run), encoding="utf-8")
     metrics = {
         "split": "test",

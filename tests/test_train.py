@@ -21,21 +21,19 @@ import cv2
 import pytest
 import torch
 
+import detbench.checkpoint as checkpoint_module
+import detbench.engine as engine
+import detbench.optim as optim
 import detbench.train as train_module
-from detbench.config import EvalSettings, TrainHyperparameters
+from detbench.config import EvalSettings, TrainHyperparameters, TrainSettings
 from detbench.data.dataset import DatasetManifest
+from detbench.data.loader import make_train_loader
 from detbench.errors import DetbenchError
 from detbench.evaluate import evaluate_cell
 from detbench.inference import load_trained_model
 from detbench.models import build_model
 from detbench.optim import EagerSGD
-from detbench.train import (
-    HISTORY_COLUMNS,
-    InterimEvaluation,
-    TrainOutputs,
-    TrainSettings,
-    train,
-)
+from detbench.train import HISTORY_COLUMNS, InterimEvaluation, TrainOutputs, train
 
 LOSS_COLUMNS = ("lr", "train_box_loss", "train_obj_loss", "train_cls_loss", "train_total_loss")
 
@@ -74,7 +72,7 @@ def test_training_drives_the_loss_down(synthetic_manifest: Path, tmp_path: Path)
     # noise (flips stay, they do not change the task). With seed 0 the last epochs' loss is
     # about 0.65 of the first's (other seeds: 0.65-0.8), the class loss about 0.4 (0.37-0.46).
     hyp = TrainHyperparameters(workers=0, translate=0.0, scale=0.0, hsv_h=0, hsv_s=0, hsv_v=0)
-    settings = TrainSettings("yolov3-tiny", batch_size=2, epochs=10, img_size=96, seed=0, hyp=hyp)
+    settings = TrainSettings("yolov3-tiny", batch=2, epochs=10, img_size=96, seed=0, hyp=hyp)
     train(settings, synthetic_manifest, TrainOutputs.in_folder(tmp_path), threads=1)
     rows = _history(tmp_path / "history.csv")
     total = [float(row["train_total_loss"]) for row in rows]
@@ -88,13 +86,19 @@ def test_cell_outputs_are_complete(tiny_trained_cell: tuple[TrainOutputs, dict])
     rows = _history(outputs.history)
     assert tuple(rows[0]) == HISTORY_COLUMNS
     assert [int(row["epoch"]) for row in rows] == [1, 2]
-    trained = [c for c in HISTORY_COLUMNS if not c.startswith("eval_")]
+    trained = [c for c in HISTORY_COLUMNS if not c.startswith("eval_") and c != "mfu"]
     for row in rows:
         assert all(float(row[c]) >= 0 for c in trained)
         assert all(row[c] == "" for c in HISTORY_COLUMNS if c not in trained)  # not evaluated
         assert float(row["epoch_seconds"]) > 0
+        # Model FLOP/s = training FLOPs per image x images/s; no datasheet peak on a CPU.
+        flops = float(row["model_tflops_per_s"]) * 1e12
+        assert flops == pytest.approx(
+            record["model_flops_per_image"] * float(row["images_per_second"]), rel=1e-4
+        )
     assert record == json.loads(outputs.record.read_text(encoding="utf-8"))
-    assert record["model"] == "yolov3-tiny" and record["epochs"] == 2
+    assert record["model"] == "yolov3-tiny" and record["epochs"] == 2 and record["batch"] == 4
+    assert record["peak_flops_per_s"] is None and record["mfu"] is None  # trained on a CPU
     assert record["segments"] == 1
     assert record["train_images"] == 8
     assert record["train_seconds"] == pytest.approx(
@@ -109,7 +113,7 @@ def test_cell_outputs_are_complete(tiny_trained_cell: tuple[TrainOutputs, dict])
 
 
 def test_missing_train_split_is_a_one_line_error(synthetic_manifest: Path, tmp_path: Path) -> None:
-    settings = TrainSettings("yolov3-tiny", batch_size=4, epochs=1, img_size=64, train_split="x")
+    settings = TrainSettings("yolov3-tiny", batch=4, epochs=1, img_size=64, train_split="x")
     with pytest.raises(DetbenchError, match=r"manifest\.json: no split 'x'"):
         train(settings, synthetic_manifest, TrainOutputs.in_folder(tmp_path))
 
@@ -120,12 +124,13 @@ TRAIN_SCRIPT = """
 import logging, sys
 from pathlib import Path
 from detbench.config import EvalSettings, TrainHyperparameters
-from detbench.train import TrainOutputs, TrainSettings, train
+from detbench.config import TrainSettings
+from detbench.train import TrainOutputs, train
 
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 manifest, out = Path(sys.argv[1]), Path(sys.argv[2])
 settings = TrainSettings(
-    model="yolov3-tiny", batch_size=4, epochs=6, img_size=96, seed=0,
+    model="yolov3-tiny", batch=4, epochs=6, img_size=96, seed=0,
     hyp=TrainHyperparameters(workers=0, checkpoint_interval_s=0),
 )
 train(settings, manifest, TrainOutputs.in_folder(out), threads=1)
@@ -197,7 +202,7 @@ def test_resume_after_sigkill_is_identical_to_an_uninterrupted_run(
 
 SHORT = TrainSettings(
     "yolov3-tiny",
-    batch_size=4,
+    batch=4,
     epochs=4,
     img_size=64,
     seed=0,
@@ -216,7 +221,7 @@ def run_with_checkpoints(
     folder = tmp_path_factory.mktemp("kept")
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train_module, "_remove_checkpoints", lambda resume_dir: None)
+        patch.setattr(train_module, "remove_checkpoints", lambda resume_dir: None)
         try:
             train(SHORT, synthetic_manifest, TrainOutputs.in_folder(folder), threads=1)
         finally:
@@ -332,7 +337,7 @@ def test_progress_under_new_settings_is_not_discarded_for_foreign_checkpoints(
     """Settings changed after a killed run: the new run's first epoch must be resumable even
     though the old run's (higher-numbered) checkpoints are still in the folder."""
     folder = _interrupted_copy(run_with_checkpoints, tmp_path / "cell")
-    save = train_module.save_checkpoint
+    save = checkpoint_module.save_checkpoint
 
     def save_then_die(resume_dir: Path, state: dict[str, Any]) -> None:
         save(resume_dir, state)
@@ -342,7 +347,7 @@ def test_progress_under_new_settings_is_not_discarded_for_foreign_checkpoints(
     with pytest.raises(_Killed):
         train(OTHER, synthetic_manifest, TrainOutputs.in_folder(folder), threads=1)
 
-    state = train_module.load_latest_checkpoint(folder / "checkpoints", OTHER.fingerprint())
+    state = checkpoint_module.load_latest_checkpoint(folder / "checkpoints", OTHER.fingerprint())
     kept = sorted(p.name for p in (folder / "checkpoints").glob("*.pt"))
     assert state is not None and state["epoch"] == 1, f"epoch 1 was not kept: {kept}"
 
@@ -359,7 +364,7 @@ def test_fingerprint_ignores_only_how_the_cell_runs() -> None:
         same = dataclasses.replace(SHORT, hyp=dataclasses.replace(SHORT.hyp, **runtime))
         assert same.fingerprint() == base
     for changed in (
-        dataclasses.replace(SHORT, batch_size=8),
+        dataclasses.replace(SHORT, batch=8),
         dataclasses.replace(SHORT, epochs=3),
         dataclasses.replace(SHORT, seed=1),
         dataclasses.replace(SHORT, model="yolov3"),
@@ -389,11 +394,11 @@ def test_compiled_forward_trains_like_eager() -> None:
             "yolov3-tiny", 2, 1, img_size=96, hyp=TrainHyperparameters(compile=compile_forward)
         )
         torch.manual_seed(0)
-        model = train_module.build_training_model(settings, 3)
-        state = train_module.TrainingState.create(model, settings, precision, device)
+        model = engine.build_training_model(settings, 3)
+        state = engine.TrainingState.create(model, settings, precision, device)
         loss_fn = YoloLoss(model, settings.hyp)
         items = [
-            train_module.train_step(state, batch, loss_fn, precision, device) for _ in range(2)
+            engine.train_step(state, batch, loss_fn, precision, device) for _ in range(2)
         ]
         results[compile_forward] = (items, model.state_dict())
     (eager_items, eager_state), (compiled_items, compiled_state) = results[False], results[True]
@@ -410,7 +415,7 @@ def test_ema_update_is_the_weighted_average_and_copies_counters() -> None:
 
     torch.manual_seed(0)
     model = build_model("yolov3-tiny", num_classes=3).train()
-    ema = train_module.ModelEMA(model, decay=0.9, ramp_updates=4)
+    ema = optim.ModelEMA(model, decay=0.9, ramp_updates=4)
     expected = {k: v.clone() for k, v in ema.model.state_dict().items()}
     with torch.no_grad():
         for parameter in model.parameters():
@@ -442,11 +447,11 @@ def test_loader_with_workers_forks_them_without_opencv_threads(synthetic_manifes
         cv2.setNumThreads(2)
         settings = TrainSettings("yolov3-tiny", 4, 1, img_size=64,
                                  hyp=TrainHyperparameters(workers=0))
-        train_module.make_train_loader(manifest, settings, torch.device("cpu"))
+        make_train_loader(manifest, settings, torch.device("cpu"))
         assert cv2.getNumThreads() == 2
 
         settings = dataclasses.replace(settings, hyp=TrainHyperparameters(workers=2))
-        loader = train_module.make_train_loader(manifest, settings, torch.device("cpu"))
+        loader = make_train_loader(manifest, settings, torch.device("cpu"))
         assert cv2.getNumThreads() in (0, 1)  # 0 asked for; some builds report 1
         assert sum(len(batch.images) for batch in loader) == len(loader.dataset)
     finally:
@@ -459,7 +464,7 @@ def test_checkpoints_follow_the_interval_and_never_the_last_epoch(
     """Interval 0: after every epoch but the last. A long interval: none in a short job.
     The record says how many were written and what they cost."""
     saved: list[int] = []
-    save = train_module.save_checkpoint
+    save = checkpoint_module.save_checkpoint
 
     def recording_save(resume_dir: Path, state: dict[str, Any]) -> None:
         saved.append(state["epoch"])
@@ -532,7 +537,7 @@ def _sgd_run(optimizer_class: type[torch.optim.SGD]) -> tuple[list[torch.Tensor]
     conv weights only); the weights after, and the optimizer's state_dict."""
     torch.manual_seed(0)
     model = build_model("yolov3-tiny", num_classes=3).train()
-    bn_weights, conv_weights, biases = train_module.param_groups(model)
+    bn_weights, conv_weights, biases = optim.param_groups(model)
     optimizer = optimizer_class(
         [
             {"params": bn_weights, "weight_decay": 0.0},
@@ -570,10 +575,11 @@ DYNAMO_SCRIPT = """
 import sys
 from pathlib import Path
 from detbench.config import TrainHyperparameters
-from detbench.train import TrainOutputs, TrainSettings, train
+from detbench.config import TrainSettings
+from detbench.train import TrainOutputs, train
 
 settings = TrainSettings(
-    model="yolov3-tiny", batch_size=4, epochs=2, img_size=64, seed=0,
+    model="yolov3-tiny", batch=4, epochs=2, img_size=64, seed=0,
     hyp=TrainHyperparameters(workers=0, checkpoint_interval_s=0),
 )
 train(settings, Path(sys.argv[1]), TrainOutputs.in_folder(Path(sys.argv[2])), threads=1)

@@ -121,7 +121,7 @@ def write_bccd_weights(path: Path, *, img_size: int = IMG_SIZE, noise: float = 0
         "img_size": img_size,
         "dataset": "rigged",
         "epochs": 1,
-        "batch_size": 1,
+        "batch": 1,
     }
     save_trained_model(path, model, metadata)
     return path

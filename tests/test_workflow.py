@@ -247,7 +247,7 @@ def test_tiny_study_cell_folders_are_complete(tiny_study: dict[str, Any]) -> Non
         history = _read_csv(cell / "history.csv")
         assert [int(row["epoch"]) for row in history] == list(range(1, epochs + 1))
         record = json.loads((cell / "run.json").read_text(encoding="utf-8"))
-        assert (record["model"], record["batch_size"], record["epochs"]) == (model, batch, epochs)
+        assert (record["model"], record["batch"], record["epochs"]) == (model, batch, epochs)
         assert record["segments"] == 1
         metrics = json.loads((cell / "metrics.json").read_text(encoding="utf-8"))
         # eval_interval_epochs 1: every epoch evaluated on the test split, the last as the

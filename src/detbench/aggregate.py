@@ -1,27 +1,23 @@
 """Collect every finished cell under ``results/`` into one table, ``results/summary.csv``.
 
-A cell is a folder ``results/{platform}/{model}/b{batch}_e{epochs}/`` holding ``run.json``
-(from training), ``history.csv`` and ``metrics.json`` (from evaluation); the profile of its model
-and batch size, ``results/{platform}/{model}/profile_b{batch}/summary.json``, joins its row
-where there is one. Every platform
-present is included, so copying another platform's ``results/<platform>/`` beside this one
-and rebuilding the summary compares them without retraining anything.
+A cell's folder (named by :mod:`detbench.cells`) holds ``run.json`` (from training),
+``history.csv`` and ``metrics.json`` (from evaluation); the profile of its model and batch size
+joins its row where there is one. Every platform present is included, so copying another
+platform's ``results/<platform>/`` beside this one and rebuilding the summary compares them
+without retraining anything.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from detbench import atomic
+from detbench import atomic, cells
+from detbench.cells import METRICS, RUN_RECORD, Cell
 from detbench.errors import DetbenchError, read_json
-
-CELL_PATTERN = re.compile(r"^b(?P<batch>\d+)_e(?P<epochs>\d+)$")
-NOT_PLATFORMS = {"datasets", "logs", "reference", "report", "weights"}
 
 # Column name -> what it holds (units, split, threshold). Written beside the summary.
 COLUMNS: dict[str, str] = {
@@ -104,23 +100,8 @@ COLUMNS: dict[str, str] = {
 
 
 def find_cells(results_dir: str | Path) -> list[Path]:
-    """Every cell folder under ``results_dir`` with a finished evaluation."""
-    root = Path(results_dir)
-    cells = []
-    for metrics in root.glob("*/*/b*_e*/metrics.json"):
-        cell = metrics.parent
-        platform = cell.parent.parent.name
-        if platform in NOT_PLATFORMS or platform.startswith("."):
-            continue
-        if CELL_PATTERN.match(cell.name):
-            cells.append(cell)
-    return sorted(cells, key=cell_sort_key)
-
-
-def cell_sort_key(cell: Path) -> tuple[str, str, int, int]:
-    match = CELL_PATTERN.match(cell.name)
-    assert match is not None
-    return (cell.parent.parent.name, cell.parent.name, int(match["batch"]), int(match["epochs"]))
+    """Every cell folder under ``results_dir`` with a finished evaluation, in cell order."""
+    return [cell.folder(results_dir) for cell in cells.find_cells(results_dir)]
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -154,19 +135,20 @@ def cell_row(
 ) -> dict[str, Any]:
     """One summary row from a cell folder's run.json, history.csv and metrics.json, with its
     {model, batch} profile where there is one. ``prices``: price per hour by platform label."""
-    match = CELL_PATTERN.match(cell.name)
-    if match is None:
+    parsed = Cell.from_folder(cell)
+    if parsed is None:
         raise DetbenchError(f"{cell}: not a cell folder (expected b<batch>_e<epochs>)")
-    run = _read_json(cell / "run.json")
-    evaluation = _read_metrics(cell / "metrics.json")
+    run = _read_json(cell / RUN_RECORD)
+    _check_run_matches_folder(run, parsed, cell / RUN_RECORD)
+    evaluation = _read_metrics(cell / METRICS)
     metrics = evaluation["metrics"]
-    last = _last_history_row(cell / "history.csv")
+    last = _last_history_row(cell / cells.HISTORY)
     row: dict[str, Any] = {
-        "platform": cell.parent.parent.name,
+        "platform": parsed.platform,
         "dataset": run.get("dataset"),
-        "model": cell.parent.name,
-        "batch": int(match["batch"]),
-        "epochs": int(match["epochs"]),
+        "model": parsed.model,
+        "batch": run_batch(run),
+        "epochs": int(run["epochs"]),
         "img_size": run.get("img_size"),
         "weights": run.get("weights"),
         "device": run.get("device"),
@@ -195,7 +177,7 @@ def cell_row(
         "eval_time_s": evaluation.get("eval_seconds"),
     }
     row.update(_resource_columns(run))
-    row.update(_profile_columns(cell.parent / f"profile_b{match['batch']}" / "summary.json"))
+    row.update(_profile_columns(parsed.profile_folder(cell.parents[2]) / "summary.json"))
     price = (prices or {}).get(row["platform"])
     wall = row["wall_time_s"]
     row["cost"] = wall / 3600 * price if price is not None and wall is not None else None
@@ -204,6 +186,28 @@ def cell_row(
         row[f"ap50_{entry['name']}"] = entry.get("ap50")
         row[f"ap50_95_{entry['name']}"] = entry.get("ap50_95")
     return row
+
+
+def run_batch(run: Mapping[str, Any]) -> int:
+    """The training batch of a run record (``batch``; ``batch_size`` in records written before
+    the rename)."""
+    return int(run["batch"] if "batch" in run else run["batch_size"])
+
+
+def _check_run_matches_folder(run: Mapping[str, Any], cell: Cell, path: Path) -> None:
+    """A run record copied into the wrong folder would put its figures in another cell's row."""
+    try:
+        recorded = (str(run["model"]), run_batch(run), int(run["epochs"]))
+    except (KeyError, TypeError, ValueError):
+        raise DetbenchError(
+            f"{path}: lacks model, batch or epochs (not a detbench run record)"
+        ) from None
+    expected = (cell.model, cell.batch, cell.epochs)
+    if recorded != expected:
+        raise DetbenchError(
+            f"{path}: records {recorded[0]} b{recorded[1]} e{recorded[2]}, but its folder is "
+            f"{cell.label()} (a run record copied into the wrong cell?)"
+        )
 
 
 def _resource_columns(run: dict[str, Any]) -> dict[str, Any]:
@@ -247,10 +251,15 @@ def _float_or_none(value: str | None) -> float | None:
 
 
 def summary_rows(
-    cells: Iterable[Path], prices: Mapping[str, float] | None = None, currency: str = "USD"
+    folders: Iterable[Path], prices: Mapping[str, float] | None = None, currency: str = "USD"
 ) -> list[dict[str, Any]]:
     """Rows in platform, model, batch, epochs order (numeric, so b4 comes before b16)."""
-    return [cell_row(cell, prices, currency) for cell in sorted(cells, key=cell_sort_key)]
+    return [cell_row(folder, prices, currency) for folder in sorted(folders, key=_cell_order)]
+
+
+def _cell_order(folder: Path) -> tuple[Any, ...]:
+    cell = Cell.from_folder(folder)
+    return (0, cell) if cell is not None else (1, str(folder))
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
@@ -274,7 +283,7 @@ def _format(value: Any) -> str:
 
 
 def write_summary(
-    cells: Iterable[Path],
+    folders: Iterable[Path],
     path: str | Path,
     *,
     prices: Mapping[str, float] | None = None,
@@ -284,7 +293,7 @@ def write_summary(
 
     ``prices``: price of one hour per platform label (config gpu_hour_price), in ``currency``.
     """
-    rows = summary_rows(cells, prices, currency)
+    rows = summary_rows(folders, prices, currency)
     atomic.write_text(path, to_csv(rows))
     columns = {**COLUMNS}
     for row in rows:

@@ -22,23 +22,25 @@ from detbench.errors import DetbenchError
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
-# How a cell runs, not what it computes: changing one of these ``train:`` keys neither retrains
-# nor re-evaluates a finished cell (they are kept out of the rules' params, which Snakemake
-# compares) nor discards a cell's checkpoints (TrainSettings.fingerprint ignores them).
-RUNTIME_TRAIN_KEYS = (
-    "workers",
-    "device",
-    "channels_last",
-    "cudnn_benchmark",
-    "compile",
-    "checkpoint_interval_s",
-    "eval_interval_epochs",
+# How a cell runs, not what it computes: the ``train:`` keys whose change neither retrains nor
+# re-evaluates a finished cell (they are kept out of the rules' params, which Snakemake compares;
+# see detbench.planning) nor discards a cell's checkpoints (TrainSettings.fingerprint ignores
+# them). Each names the jobs it does rerun: the profile jobs, where it changes the kernels they
+# record. Every other train: key retrains, re-evaluates and re-profiles.
+RUNTIME_TRAIN_KEY_RERUNS: dict[str, tuple[str, ...]] = {
+    "workers": ("profile",),
+    "device": ("profile",),
+    "channels_last": ("profile",),
+    "cudnn_benchmark": ("profile",),
+    "compile": ("profile",),
+    "checkpoint_interval_s": (),
+    "eval_interval_epochs": (),
+}
+RUNTIME_TRAIN_KEYS = tuple(RUNTIME_TRAIN_KEY_RERUNS)
+# The runtime keys that rerun no job at all.
+UNPROFILED_TRAIN_KEYS = tuple(
+    key for key, jobs in RUNTIME_TRAIN_KEY_RERUNS.items() if "profile" not in jobs
 )
-
-
-# Of those, the keys that do not change the kernels a profile job records either: changing one
-# reruns no job at all.
-UNPROFILED_TRAIN_KEYS = ("checkpoint_interval_s", "eval_interval_epochs")
 
 
 def without_runtime_keys(train: Mapping[str, Any]) -> dict[str, Any]:
@@ -244,3 +246,24 @@ class ProfileSettings:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ProfileSettings:
         return _section_from_dict(cls, values, "profile", "profile")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """Everything that determines one cell's result."""
+
+    model: str
+    batch: int  # training batch size (images per optimizer step)
+    epochs: int
+    img_size: int = 416
+    seed: int = 0
+    weights: str = "scratch"
+    train_split: str = "train"
+    hyp: TrainHyperparameters = dataclasses.field(default_factory=TrainHyperparameters)
+
+    def fingerprint(self) -> str:
+        """Identifies settings a checkpoint may be resumed under (how it runs excluded)."""
+        values = dataclasses.asdict(self)
+        values["hyp"] = without_runtime_keys(values["hyp"])
+        text = json.dumps(values, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]

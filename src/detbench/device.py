@@ -90,3 +90,30 @@ def synchronize(device: torch.device) -> None:
     clock read next includes that work."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+# Dense peak arithmetic rates (FLOP/s) from the vendors' datasheets, by GPU name fragment and
+# training precision, for model FLOP utilisation. fp32 on Ampere and later counts TF32, which
+# cuDNN's convolutions use by default. Longest fragment first: "H100 PCIe" before "H100".
+DATASHEET_PEAK_FLOPS: dict[str, dict[str, float]] = {
+    "H100 PCIe": {"bf16": 756e12, "fp16": 756e12, "fp32": 378e12},
+    "H100": {"bf16": 989e12, "fp16": 989e12, "fp32": 495e12},
+    "H200": {"bf16": 989e12, "fp16": 989e12, "fp32": 495e12},
+    "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 156e12},
+    "A10": {"bf16": 125e12, "fp16": 125e12, "fp32": 62.5e12},
+    "L4": {"bf16": 121e12, "fp16": 121e12, "fp32": 60e12},
+    "V100": {"fp16": 125e12, "fp32": 15.7e12},
+    "T4": {"fp16": 65e12, "fp32": 8.1e12},
+    "P40": {"fp32": 11.8e12},
+}
+
+
+def datasheet_peak_flops(gpu_name: str | None, precision: str) -> float | None:
+    """The datasheet peak of ``gpu_name`` (as CUDA names it) in ``precision``; None for a CPU
+    or a GPU not in DATASHEET_PEAK_FLOPS."""
+    if not gpu_name:
+        return None
+    for fragment in sorted(DATASHEET_PEAK_FLOPS, key=len, reverse=True):
+        if fragment in gpu_name:
+            return DATASHEET_PEAK_FLOPS[fragment].get(precision)
+    return None

@@ -16,12 +16,19 @@ from detbench import atomic
 from detbench.config import EvalSettings, TrainHyperparameters
 from detbench.data.dataset import DatasetManifest, DetectionDataset, collate
 from detbench.device import select_device, select_precision
-from detbench.inference import Detections, load_trained_model, non_max_suppression
+from detbench.inference import (
+    Detections,
+    load_trained_model,
+    model_input,
+    non_max_suppression,
+    to_original_pixels,
+)
 from detbench.loss import YoloLoss
 from detbench.metrics import (
     DetectionMetrics,
     ImageDetections,
     ImageGroundTruth,
+    coco_image_ids,
     evaluate_detections,
     to_coco_results,
 )
@@ -55,9 +62,7 @@ def predict_split(
         model.to(memory_format=torch.channels_last)
     with torch.inference_mode():
         for batch in loader:
-            images = batch.images.to(device, non_blocking=True).float().div_(255)
-            if hyp.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
+            images = model_input(batch.images, device, channels_last=hyp.channels_last)
             with torch.autocast(
                 device.type, dtype=precision.dtype, enabled=precision.dtype is not None
             ):
@@ -73,21 +78,14 @@ def predict_split(
             for image_id, placement, found in zip(
                 batch.image_ids, batch.letterboxes, per_image, strict=True
             ):
-                detections[image_id] = _to_original_pixels(found, placement, dataset, image_id)
+                record = dataset.records[dataset.index_of(image_id)]
+                detections[image_id] = to_original_pixels(
+                    found, placement, record.width, record.height
+                )
     seconds = time.perf_counter() - start
     means = loss_sums / max(len(dataset), 1)
     losses = {"box": float(means[0]), "obj": float(means[1]), "cls": float(means[2])}
     return detections, losses, seconds
-
-
-def _to_original_pixels(
-    found: Detections, placement: Any, dataset: DetectionDataset, image_id: str
-) -> Detections:
-    record = dataset.records[dataset.index_of(image_id)]
-    boxes = placement.to_original(found.boxes) if len(found) else found.boxes.reshape(0, 4)
-    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, record.width)
-    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, record.height)
-    return Detections(boxes=boxes, scores=found.scores, classes=found.classes)
 
 
 @dataclasses.dataclass
@@ -154,8 +152,7 @@ def evaluate_cell(
     dataset = DetectionDataset(manifest.records(split), img_size)
     evaluation = evaluate_model(model, dataset, manifest.class_names, settings, hyp, device)
     metrics, losses, seconds = evaluation.metrics, evaluation.losses, evaluation.seconds
-    image_ids = sorted(record.id for record in dataset.records)
-    image_id_map = {image_id: i + 1 for i, image_id in enumerate(image_ids)}
+    image_id_map = coco_image_ids(record.id for record in dataset.records)
     atomic.write_json(detections_path, to_coco_results(evaluation.detections, image_id_map))
 
     result = {

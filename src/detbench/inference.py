@@ -31,6 +31,38 @@ class Detections:
         return len(self.scores)
 
 
+def model_input(images: torch.Tensor, device: torch.device, *, channels_last: bool) -> torch.Tensor:
+    """uint8 (B, 3, H, W) letterboxed images as the network takes them: on ``device``, float
+    in [0, 1], in the memory format of the model's weights (see TrainingState.create). The one
+    place training, evaluation and the web app prepare input."""
+    batch = images.to(device, non_blocking=True)
+    if batch.dtype == torch.uint8:
+        batch = batch.float().div_(255)
+    if channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    return batch
+
+
+def to_original_pixels(
+    found: Detections, placement: Any, width: int, height: int, *, drop_empty: bool = False
+) -> Detections:
+    """Detections on the network's canvas mapped back to the original image (``placement``:
+    its Letterbox or Darknet placement), clipped to its ``width`` x ``height``.
+
+    ``drop_empty``: drop boxes left with no area (they lay entirely in the padding), as the web
+    app does; the evaluation keeps them, as pycocotools would score them.
+    """
+    if not len(found):
+        return Detections(np.zeros((0, 4)), found.scores, found.classes)
+    boxes = placement.to_original(found.boxes)
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+    if not drop_empty:
+        return Detections(boxes=boxes, scores=found.scores, classes=found.classes)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return Detections(boxes[keep], found.scores[keep], found.classes[keep])
+
+
 def xywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
     half = boxes[..., 2:4] / 2
     return torch.cat([boxes[..., :2] - half, boxes[..., :2] + half], dim=-1)

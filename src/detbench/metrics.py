@@ -40,7 +40,6 @@ __all__ = [
     "ImageGroundTruth",
     "coco_image_ids",
     "evaluate_detections",
-    "to_coco_ground_truth",
     "to_coco_results",
 ]
 
@@ -233,7 +232,7 @@ def _json_float(value: float | None) -> float | None:
 # Matching
 
 
-def _xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
+def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
     return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
 
 
@@ -303,7 +302,7 @@ def _collect(
             in_class = np.flatnonzero(dets.classes == c)
             order = np.argsort(-dets.scores[in_class], kind="mergesort")[:max_detections]
             keep = in_class[order]
-            ious = _coco_iou(_xyxy_to_xywh(dets.boxes[keep]), _xyxy_to_xywh(gt_boxes))
+            ious = _coco_iou(xyxy_to_xywh(dets.boxes[keep]), xyxy_to_xywh(gt_boxes))
             record = records[c]
             record.num_ground_truth += len(gt_boxes)
             record.scores.append(dets.scores[keep])
@@ -475,63 +474,9 @@ def coco_image_ids(image_ids: Iterable[str]) -> dict[str, int]:
     return {image_id: index + 1 for index, image_id in enumerate(sorted(image_ids))}
 
 
-def to_coco_ground_truth(
-    ground_truth: Mapping[str, ImageGroundTruth],
-    class_names: Sequence[str],
-    image_sizes: Mapping[str, tuple[int, int]],
-) -> dict[str, Any]:
-    """COCO instances JSON for the ground truth; ``image_sizes[id]`` is ``(width, height)``.
-
-    Images get ids 1, 2, ... in sorted image-id order and ``file_name`` = image id; annotation
-    ids start at 1 (pycocotools treats a match with id 0 as no match); category id = class + 1.
-    """
-    id_map = coco_image_ids(ground_truth)
-    images = []
-    annotations = []
-    for image_id, coco_id in id_map.items():
-        if image_id not in image_sizes:
-            raise ValueError(f"{image_id}: no image size given")
-        width, height = image_sizes[image_id]
-        images.append(
-            {"id": coco_id, "file_name": image_id, "width": int(width), "height": int(height)}
-        )
-        gt = ground_truth[image_id]
-        for box, cls in zip(_xyxy_to_xywh(gt.boxes).tolist(), gt.classes.tolist(), strict=True):
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": coco_id,
-                    "category_id": cls + 1,
-                    "bbox": box,
-                    "area": box[2] * box[3],
-                    "iscrowd": 0,
-                }
-            )
-    categories = [{"id": i + 1, "name": name} for i, name in enumerate(class_names)]
-    return {"images": images, "annotations": annotations, "categories": categories}
-
-
 # The precision detections keep in a COCO results JSON.
 COCO_BOX_DECIMALS = 3
 COCO_SCORE_DECIMALS = 5
-
-
-def rounded_as_in_coco_results(
-    detections: Mapping[str, ImageDetections],
-) -> dict[str, ImageDetections]:
-    """The detections with boxes and scores rounded to the decimals a COCO results JSON keeps.
-
-    Score them this way to compare with COCOeval reading that JSON: rounding makes ties among
-    many low scores, and ties rank differently from the unrounded order.
-    """
-    return {
-        image_id: ImageDetections(
-            np.round(dets.boxes, COCO_BOX_DECIMALS),
-            np.round(dets.scores, COCO_SCORE_DECIMALS),
-            dets.classes,
-        )
-        for image_id, dets in detections.items()
-    }
 
 
 def to_coco_results(
@@ -544,7 +489,7 @@ def to_coco_results(
             raise ValueError(f"{image_id}: not in image_id_map")
         coco_id = int(image_id_map[image_id])
         for box, score, cls in zip(
-            _xyxy_to_xywh(dets.boxes).tolist(),
+            xyxy_to_xywh(dets.boxes).tolist(),
             dets.scores.tolist(),
             dets.classes.tolist(),
             strict=True,

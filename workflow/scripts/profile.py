@@ -7,7 +7,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
 from detbench.config import ProfileSettings
-from detbench.profiling.kernels import ProfileOutputs, profile_cell
+from detbench.kernel_profile import ProfileOutputs, profile_cell
 from detbench.train import train_settings_from_config
 from detbench.workflow import run_rule
 
@@ -17,7 +17,7 @@ def main() -> None:
     settings = train_settings_from_config(
         config,
         model=snakemake.wildcards.model,
-        batch_size=int(snakemake.wildcards.batch),
+        batch=int(snakemake.wildcards.batch),
         epochs=1,
     )
     outputs = ProfileOutputs(

@@ -25,7 +25,7 @@ def main() -> None:
     settings = train_settings_from_config(
         config,
         model=snakemake.wildcards.model,
-        batch_size=int(snakemake.wildcards.batch),
+        batch=int(snakemake.wildcards.batch),
         epochs=int(snakemake.wildcards.epochs),
     )
     outputs = TrainOutputs(

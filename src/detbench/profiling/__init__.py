@@ -3,9 +3,10 @@
 - :mod:`.resources`: wall, user and system seconds, % CPU and max RSS of the train job;
 - :mod:`.nvml`: GPU telemetry sampled through NVML (utilisation, memory, power, energy...);
 - :mod:`.monitor`: both, for a train job, kept across resumed segments;
-- :mod:`.provenance`: host, GPU, driver, CUDA, torch, git commit, config hash, seed;
-- :mod:`.kernels`: the profile stage, torch.profiler over a few training steps (imported on
-  its own: it builds on detbench.train, which imports this package).
+- :mod:`.provenance`: host, GPU, driver, CUDA, torch, git commit, config hash, seed.
+
+The profile stage itself (torch.profiler over a few training steps) is
+:mod:`detbench.kernel_profile`: it builds on the training engine, which imports this package.
 """
 
 from detbench.profiling.monitor import GPU_SAMPLES_CSV, TrainMonitor

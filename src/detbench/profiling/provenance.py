@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform as platform_module
-import re
 import socket
 import subprocess
 from collections.abc import Mapping
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 
 import detbench
+from detbench.cells import Cell
 from detbench.config import config_hash
 
 PACKAGE_DIR = Path(detbench.__file__).resolve().parent
@@ -100,8 +100,8 @@ def cell_provenance(
 ) -> dict[str, Any]:
     """Provenance of a train job (``settings``: its TrainSettings).
 
-    Without ``platform`` the label is read from the cell's path, results/{platform}/{model}/
-    b{batch}_e{epochs}/run.json, where it has that shape. Without ``config`` (the cell's config
+    Without ``platform`` the label is read from the cell's path (detbench.cells), where it has
+    that shape. Without ``config`` (the cell's config
     dict as the train rule's params pass it) the hash covers the train settings instead, every
     value that determines the cell's training; ``config_hashed`` says which.
     """
@@ -122,7 +122,6 @@ def cell_provenance(
 
 
 def platform_from_cell_path(path: str | Path) -> str | None:
-    cell = Path(path).parent
-    if re.fullmatch(r"b\d+_e\d+", cell.name) and cell.parent.parent.name:
-        return cell.parent.parent.name
-    return None
+    """The platform of the cell a file belongs to, or None outside a cell folder."""
+    cell = Cell.from_file(path)
+    return cell.platform if cell is not None else None

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from detbench.cells import Cell
 from detbench.errors import DetbenchError
 from detbench.report import reference
 
@@ -107,4 +108,4 @@ def ok_cells(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def cell_dir(results_dir: str | Path, platform: str, model: str, batch: int, epochs: int) -> Path:
-    return Path(results_dir) / platform / model / f"b{batch}_e{epochs}"
+    return Cell(platform, model, int(batch), int(epochs)).folder(results_dir)

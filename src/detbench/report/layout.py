@@ -16,12 +16,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from detbench.cells import Cell
 from detbench.report.reference import REFERENCE_PLATFORMS, platform_label, reference_cells
 
 REPORT_DIR = "results/report"
-CELL_DIR = re.compile(
-    r"(?:^|/)(?P<platform>[^/]+)/(?P<model>[^/]+)/b(?P<batch>\d+)_e(?P<epochs>\d+)/?$"
-)
 
 # Report categories (the menu of report.html).
 FINDINGS = "Findings"
@@ -41,6 +39,16 @@ class ReportEntry:
     subcategory: str | None = None
     labels: dict[str, str] | None = None
     caption: str | None = None  # file name under report/ (the captions folder)
+
+    def report_options(self) -> dict[str, Any]:
+        """Keyword arguments of Snakemake's ``report()`` for this file (rules/ is one folder
+        below the captions in report/)."""
+        return {
+            "caption": f"../report/{self.caption}",
+            "category": self.category,
+            "subcategory": self.subcategory,
+            "labels": self.labels,
+        }
 
 
 def slug(label: str) -> str:
@@ -245,12 +253,12 @@ def build_layout(
     """The layout of a study on ``platform`` with other platforms' cell folders beside it."""
     measured_models: dict[str, dict[str, None]] = {platform: dict.fromkeys(models)}
     batches = {int(b) for b in batch_sizes}
-    for cell in other_cells:
-        match = CELL_DIR.search(Path(cell).as_posix())
-        if match is None:
+    for folder in other_cells:
+        cell = Cell.from_folder(folder)
+        if cell is None:
             continue
-        measured_models.setdefault(match["platform"], {})[match["model"]] = None
-        batches.add(int(match["batch"]))
+        measured_models.setdefault(cell.platform, {})[cell.model] = None
+        batches.add(cell.batch)
     published_models: dict[str, dict[str, None]] = {}
     for label, model, batch, _ in reference_cells(reference):
         published_models.setdefault(label, {})[model] = None

@@ -37,12 +37,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from detbench.cells import WEIGHTS, Cell
 from detbench.config import TrainHyperparameters
 from detbench.data.augment import Letterbox, letterbox, resize_long_side
 from detbench.data.coco import COCO_CLASSES
 from detbench.device import select_precision
 from detbench.errors import DetbenchError
-from detbench.inference import Detections, load_trained_model, non_max_suppression
+from detbench.inference import (
+    Detections,
+    load_trained_model,
+    model_input,
+    non_max_suppression,
+    to_original_pixels,
+)
 from detbench.models import (
     MODEL_NAMES,
     build_model,
@@ -174,11 +181,7 @@ class ServedModel:
         dtype = self.precision.dtype
         with self._lock, torch.inference_mode():
             start = time.perf_counter()
-            inputs = batch.to(self.device)
-            if inputs.dtype == torch.uint8:
-                inputs = inputs.float().div_(255)
-            if self.channels_last:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            inputs = model_input(batch, self.device, channels_last=self.channels_last)
             with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
                 decoded, _ = self.model(inputs)
             found = non_max_suppression(
@@ -191,7 +194,7 @@ class ServedModel:
         return Prediction(
             width=width,
             height=height,
-            detections=to_original_pixels(found, transform, width, height),
+            detections=to_original_pixels(found, transform, width, height, drop_empty=True),
             class_names=self.class_names,
             inference_ms=elapsed_ms,
         )
@@ -201,23 +204,6 @@ class ServedModel:
         and a model that cannot run on this device fails now rather than per request."""
         grey = np.full((self.img_size, self.img_size, 3), 114, dtype=np.uint8)
         self.predict(grey, 0.5, InferenceSettings())
-
-
-def to_original_pixels(
-    found: Detections, transform: Letterbox | DarknetPlacement, width: int, height: int
-) -> Detections:
-    """Canvas boxes -> original-image boxes, clipped to the image as the evaluation does.
-
-    Boxes left with no area (they lay entirely in the letterbox padding) are dropped: they are
-    not objects in the image, and would only inflate the counts.
-    """
-    if not len(found):
-        return Detections(np.zeros((0, 4)), found.scores, found.classes)
-    boxes = transform.to_original(found.boxes)
-    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
-    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
-    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    return Detections(boxes[keep], found.scores[keep], found.classes[keep])
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,9 +224,11 @@ def load_bccd_model(
             f"{', '.join(BLOOD_CELL_CLASSES)}"
         )
     img_size = int(metadata["img_size"])
+    # "batch_size" in weights files written before the key was renamed.
+    batch = metadata.get("batch", metadata.get("batch_size", "?"))
     trained = (
         f"{metadata['model']} trained on {metadata.get('dataset', '?')} "
-        f"({metadata.get('epochs', '?')} epochs, batch {metadata.get('batch_size', '?')}), "
+        f"({metadata.get('epochs', '?')} epochs, batch {batch}), "
         f"input {img_size} px"
     )
     served = ServedModel(
@@ -400,8 +388,9 @@ class BestCell:
     map50: float
 
     def describe(self) -> str:
+        cell = Cell(self.platform, self.model, self.batch, self.epochs)
         return (
-            f"best cell {self.platform}/{self.model}/b{self.batch}_e{self.epochs} by mAP@0.5 "
+            f"best cell {cell.label()} by mAP@0.5 "
             f"({self.map50:.4f} on the {self.dataset} {self.eval_split} split)"
         )
 
@@ -444,7 +433,7 @@ def _row_to_cell(results: Path, row: dict[str, str]) -> BestCell | None:
         return None
     if not math.isfinite(map50) or dataset.startswith("coco") or "/" in platform + model:
         return None
-    weights = results / platform / model / f"b{batch}_e{epochs}" / "weights.pt"
+    weights = Cell(platform, model, batch, epochs).file(WEIGHTS, results)
     if not weights.is_file():
         return None
     return BestCell(

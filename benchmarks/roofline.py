@@ -29,10 +29,15 @@ point is hundreds of FLOPs per byte.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from detbench.models import flops as model_flops
 from detbench.models.darknet import (
     Conv,
     LayerSpec,
@@ -138,18 +143,8 @@ def layer_inputs(
 
 
 def conv_flops(spec: Conv, source: TensorShape, output: TensorShape, batch: int) -> float:
-    """One pass of a convolution (forward, or either gradient), Darknet's way: 2 x its
-    multiply-adds."""
-    return 2.0 * output.elements(batch) * source.channels * spec.size**2
-
-
-def forward_conv_flops(layers: Sequence[LayerSpec], img_size: int) -> float:
-    """Forward FLOPs of one image: every convolution's pass."""
-    return sum(
-        conv_flops(spec, inputs[0], output, batch=1)
-        for spec, (inputs, output) in zip(layers, layer_inputs(layers, img_size), strict=True)
-        if isinstance(spec, Conv)
-    )
+    """One pass of a convolution (forward, or either gradient), Darknet's way."""
+    return model_flops.conv_flops(output.elements(batch), source.channels, spec.size)
 
 
 def consumer_counts(layers: Sequence[LayerSpec]) -> dict[int, int]:
@@ -323,5 +318,5 @@ def step_ceiling(
     by_kind: dict[str, float] = {}
     for kernel in training_kernels(layers, img_size, batch, scheme, element):
         by_kind[kernel.kind] = by_kind.get(kernel.kind, 0.0) + kernel.seconds(hardware)
-    model_flops = 3.0 * forward_conv_flops(layers, img_size) * batch
-    return StepCeiling(scheme, hardware, model_flops, by_kind)
+    training_flops = model_flops.training_flops_per_image(layers, img_size) * batch
+    return StepCeiling(scheme, hardware, training_flops, by_kind)

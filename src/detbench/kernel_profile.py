@@ -39,22 +39,16 @@ from torch.autograd import DeviceType
 from torch.utils.data import DataLoader
 
 from detbench import atomic
-from detbench.config import ProfileSettings
+from detbench.config import ProfileSettings, TrainSettings
 from detbench.data.dataset import Batch, DatasetManifest
+from detbench.data.loader import make_train_loader
 from detbench.device import select_device, select_precision, synchronize
+from detbench.engine import TrainingState, build_training_model, seed_everything, train_step
 from detbench.errors import DetbenchError
 from detbench.loss import YoloLoss
 from detbench.profiling.nvml import GpuTelemetry, cuda_device_uuid, load_nvml
 from detbench.profiling.provenance import run_provenance
 from detbench.profiling.resources import shutdown_loader_workers
-from detbench.train import (
-    TrainingState,
-    TrainSettings,
-    build_training_model,
-    make_train_loader,
-    seed_everything,
-    train_step,
-)
 
 log = logging.getLogger("detbench.profile")
 
@@ -206,7 +200,7 @@ def profile_cell(
     log.info(
         "profiling %s b%d on %s (%s): %d warm-up steps, %d recorded steps",
         settings.model,
-        settings.batch_size,
+        settings.batch,
         device,
         precision.name,
         profile.warmup_steps,
@@ -240,7 +234,7 @@ def profile_cell(
     summary = {
         "platform": platform,
         "model": settings.model,
-        "batch_size": settings.batch_size,
+        "batch": settings.batch,
         "img_size": settings.img_size,
         "device": str(device),
         "device_name": _device_name(device, gpu),
@@ -271,7 +265,7 @@ def profile_cell(
     log.info(
         "%s b%d: biggest %s %r, %d calls, average %.1f µs (%.1f%% of the time)",
         settings.model,
-        settings.batch_size,
+        settings.batch,
         kind.replace("_", " "),
         summary["biggest_activity_name"],
         summary["biggest_activity_calls"],

@@ -1,0 +1,166 @@
+"""What the workflow decides before any job runs: what each rule's jobs depend on (so that a
+config change reruns exactly the jobs it affects), and how much wall time a scheduler is asked
+for per train job.
+
+``rules/common.smk`` calls these with the validated config; they are plain functions of it, so
+they are unit-tested here rather than only through dry runs. Standard library only (and
+detbench's config helpers): the workflow imports it at parse time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from detbench.cells import Cell
+from detbench.config import without_runtime_keys, without_unprofiled_keys
+
+# Dataset keys that shape the training data (eval_split does not).
+TRAINING_DATASET_KEYS = (
+    "name",
+    "source",
+    "classes",
+    "train_split",
+    "synthetic",
+    "max_images",
+)
+
+
+def model_weights(config: Mapping[str, Any], model: str) -> str:
+    """Starting weights (scratch, backbone or coco) configured for ``model``."""
+    settings = config["models"].get(model) or {}
+    return settings.get("weights", "scratch")
+
+
+# What each rule's params hold: Snakemake reruns a job whose params changed, so these decide
+# which jobs a config change reruns. The train keys that only say how a cell runs are kept out
+# (config.RUNTIME_TRAIN_KEYS): changing them reruns nothing, or only the profile jobs.
+
+
+def train_params(config: Mapping[str, Any], model: str) -> dict[str, Any]:
+    """What a cell's training depends on: a change to it retrains the cell."""
+    return {
+        "seed": config["seed"],
+        "img_size": config["img_size"],
+        "dataset": {key: config["dataset"][key] for key in TRAINING_DATASET_KEYS},
+        "weights": model_weights(config, model),
+        "train": without_runtime_keys(config["train"]),
+    }
+
+
+def evaluate_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What a cell's evaluation depends on: changing only this re-evaluates, never retrains."""
+    return {
+        "dataset": config["dataset"],
+        "train": without_runtime_keys(config["train"]),
+        "evaluate": config["evaluate"],
+    }
+
+
+def profile_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What a profile job depends on. The model starts from its seeded random weights whatever
+    models.<m>.weights says (the weights' values do not change the kernels), and the runtime
+    keys that change kernels (device, channels_last, compile, ...) do rerun it."""
+    return {
+        "seed": config["seed"],
+        "img_size": config["img_size"],
+        "dataset": config["dataset"],
+        "train": without_unprofiled_keys(config["train"]),
+        "profile": config["profile"],
+    }
+
+
+# --------------------------------------------------------------------------- wall time
+
+
+@dataclasses.dataclass(frozen=True)
+class WallTimeModel:
+    """Wall time a scheduler is asked for per train job (the ``runtime`` resource, minutes).
+
+    Costs are for one training pass at 416 px on a Tesla P40, the slowest GPU of the study, and
+    scale with the pixel count; the margin covers a slower node or a busy file system. Only a
+    scheduler reads this (profiles/slurm): a local run ignores it.
+    """
+
+    seconds_per_image: Mapping[str, float] = dataclasses.field(
+        default_factory=lambda: {"yolov3": 0.05, "yolov3-tiny": 0.015}
+    )
+    seconds_per_step: float = 0.05  # whatever its size: small batches cost more per image
+    startup_minutes: float = 10  # interpreter, CUDA context, data cache, checkpoints, saving
+    margin: float = 2.0
+
+    def minutes(
+        self, model: str, batch: int, epochs: int, images: int, img_size: int, attempt: int = 1
+    ) -> int:
+        """Minutes for one train job. A retried job (--retries) asks for ``attempt`` times as
+        much: one stopped at its wall-time limit resumes from its checkpoint with room to
+        finish."""
+        pixels = (img_size / 416) ** 2
+        steps = math.ceil(images / batch)
+        epoch_seconds = (
+            images * self.seconds_per_image[model] * pixels + steps * self.seconds_per_step
+        )
+        train_minutes = epochs * epoch_seconds / 60
+        return math.ceil(self.startup_minutes + self.margin * train_minutes) * attempt
+
+
+WALL_TIME = WallTimeModel()
+# COCO 2017's training split, for a plan made before its annotations are downloaded.
+COCO_TRAIN_IMAGES = 118_287
+# Images of a VOC dataset whose split lists cannot be read yet (a source to be copied).
+UNKNOWN_SPLIT_IMAGES = 1000
+
+
+def train_image_count(dataset: Mapping[str, Any], dataset_dir: str | Path) -> int:
+    """Images per training epoch, read from the dataset's split file where it exists: the
+    workflow's VOC copy under ``dataset_dir``, or a local source's own. Before anything is on
+    disk: the synthetic size or COCO's subset from the config, or for BCCD the images of the
+    pinned file list (all splits: an upper bound of any one)."""
+    source, split = str(dataset["source"]), dataset["train_split"]
+    if source == "synthetic":
+        return int(dataset["synthetic"]["train"])
+    if source == "coco":
+        return int(dataset["max_images"] or COCO_TRAIN_IMAGES)
+    candidates = [Path(dataset_dir) / "voc"]
+    if source != "bccd":
+        candidates.append(Path(source))
+    for voc in candidates:
+        count = _split_file_count(voc / "ImageSets" / "Main" / f"{split}.txt")
+        if count is not None:
+            return count
+    if source == "bccd":
+        return _bccd_image_count()
+    return UNKNOWN_SPLIT_IMAGES
+
+
+def _split_file_count(path: Path) -> int | None:
+    try:
+        return max(1, len(path.read_text(encoding="utf-8").split()))
+    except OSError:
+        return None
+
+
+def _bccd_image_count() -> int:
+    from detbench.data.bccd import load_manifest
+
+    return sum(1 for name in load_manifest() if name.startswith("JPEGImages/"))
+
+
+
+def study_cells(config: Mapping[str, Any]) -> list[Cell]:
+    """The configured grid on the config's platform: every model, batch size and epochs."""
+    return [
+        Cell(config["platform"], model, int(batch), int(epochs))
+        for model in config["models"]
+        for batch in config["batch_sizes"]
+        for epochs in config["epochs"]
+    ]
+
+
+def study_profiles(config: Mapping[str, Any]) -> list[Path]:
+    """Profile folders of the grid: one per {model, batch}, in grid order."""
+    folders = (cell.profile_folder() for cell in study_cells(config))
+    return list(dict.fromkeys(folders))

@@ -1,0 +1,107 @@
+"""detbench.planning: what each rule's jobs depend on, the wall-time model, the grid."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from detbench import planning
+from detbench.config import RUNTIME_TRAIN_KEY_RERUNS, load_config_file
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def study() -> dict[str, Any]:
+    return load_config_file(REPO / "config" / "config.yaml")
+
+
+def _changed(config: dict[str, Any], section: str, key: str) -> dict[str, Any]:
+    changed = copy.deepcopy(config)
+    value = changed[section][key]
+    changed[section][key] = (not value) if isinstance(value, bool) else f"{value}-changed"
+    return changed
+
+
+@pytest.mark.parametrize("key", sorted(RUNTIME_TRAIN_KEY_RERUNS))
+def test_runtime_keys_rerun_only_the_jobs_the_table_names(study: dict, key: str) -> None:
+    changed = _changed(study, "train", key)
+    assert planning.train_params(changed, "yolov3") == planning.train_params(study, "yolov3")
+    assert planning.evaluate_params(changed) == planning.evaluate_params(study)
+    reprofiles = planning.profile_params(changed) != planning.profile_params(study)
+    assert reprofiles == ("profile" in RUNTIME_TRAIN_KEY_RERUNS[key])
+
+
+@pytest.mark.parametrize("key", ["lr0", "mosaic", "ema"])
+def test_other_train_keys_rerun_every_job(study: dict, key: str) -> None:
+    changed = _changed(study, "train", key)
+    assert planning.train_params(changed, "yolov3") != planning.train_params(study, "yolov3")
+    assert planning.evaluate_params(changed) != planning.evaluate_params(study)
+    assert planning.profile_params(changed) != planning.profile_params(study)
+
+
+def test_evaluation_settings_re_evaluate_only(study: dict) -> None:
+    changed = copy.deepcopy(study)
+    changed["evaluate"]["conf_threshold"] = 0.01
+    changed["dataset"]["eval_split"] = "val"
+    assert planning.train_params(changed, "yolov3") == planning.train_params(study, "yolov3")
+    assert planning.evaluate_params(changed) != planning.evaluate_params(study)
+
+
+def test_starting_weights_retrain_only_their_model(study: dict) -> None:
+    changed = copy.deepcopy(study)
+    changed["models"]["yolov3"] = {"weights": "backbone"}
+    assert planning.train_params(changed, "yolov3") != planning.train_params(study, "yolov3")
+    tiny = "yolov3-tiny"
+    assert planning.train_params(changed, tiny) == planning.train_params(study, tiny)
+    assert planning.profile_params(changed) == planning.profile_params(study)
+
+
+def test_grid_and_profiles(study: dict) -> None:
+    cells = planning.study_cells(study)
+    assert len(cells) == 32 and len(set(cells)) == 32
+    assert {c.platform for c in cells} == {study["platform"]}
+    profiles = planning.study_profiles(study)
+    assert len(profiles) == 8  # one per {model, batch}
+
+
+def test_wall_time_grows_with_epochs_and_model_and_retries() -> None:
+    model = planning.WALL_TIME
+    short = model.minutes("yolov3-tiny", 8, 1, images=205, img_size=416)
+    long = model.minutes("yolov3-tiny", 8, 20, images=205, img_size=416)
+    big = model.minutes("yolov3", 8, 20, images=205, img_size=416)
+    assert short < long < big
+    assert model.minutes("yolov3", 8, 20, images=205, img_size=416, attempt=2) == 2 * big
+    # By hand: 205 x 0.05 s + 26 steps x 0.05 s = 11.55 s an epoch; 20 epochs, margin 2.
+    assert big == 10 + 8  # ceil(10 + 2 x 231 s / 60)
+
+
+def test_image_count_from_split_files(tmp_path: Path) -> None:
+    source = tmp_path / "voc"
+    (source / "ImageSets" / "Main").mkdir(parents=True)
+    (source / "ImageSets" / "Main" / "train.txt").write_text("a\nb\nc\n")
+    dataset = {"source": str(source), "train_split": "train"}
+    assert planning.train_image_count(dataset, tmp_path / "not-yet") == 3
+    # The workflow's own copy wins over the source once it exists.
+    copy_dir = tmp_path / "copy"
+    (copy_dir / "voc" / "ImageSets" / "Main").mkdir(parents=True)
+    (copy_dir / "voc" / "ImageSets" / "Main" / "train.txt").write_text("a\nb\n")
+    assert planning.train_image_count(dataset, copy_dir) == 2
+
+
+def test_image_count_before_any_download() -> None:
+    bccd = {"source": "bccd", "train_split": "train"}
+    assert planning.train_image_count(bccd, "/nonexistent") == 364  # every pinned BCCD image
+    coco = {"source": "coco", "train_split": "train", "max_images": 500}
+    assert planning.train_image_count(coco, "/nonexistent") == 500
+    synthetic = {"source": "synthetic", "train_split": "train", "synthetic": {"train": 12}}
+    assert planning.train_image_count(synthetic, "/nonexistent") == 12
+
+
+def test_image_count_of_the_real_bccd_split(bccd_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "voc").symlink_to(bccd_dir)
+    bccd = {"source": "bccd", "train_split": "train"}
+    assert planning.train_image_count(bccd, tmp_path) == 205
