@@ -126,13 +126,17 @@ def download_range(
     """Download bytes ``[start, end)`` of ``url`` to ``dest`` and return ``dest``.
 
     Retries, resume (of ``<dest>.part``, from the bytes it holds) and the atomic rename work as in
-    :func:`download`; the size is checked. Raises :class:`RangesUnsupported` when the server
-    answers with the whole file, before reading its body.
+    :func:`download`; the size is checked, and an existing ``dest`` of the right size is returned
+    without any request. Raises :class:`RangesUnsupported` when the server answers with the whole
+    file, before reading its body.
     """
     if not 0 <= start < end:
         raise ValueError(f"download_range: empty or negative range [{start}, {end})")
+    dest = Path(dest)
+    if dest.exists() and dest.stat().st_size == end - start:
+        return dest
     window = _Window(start=start, size=end - start, ranged=True)
-    return _download_window(url, Path(dest), window, None, retries, backoff_s, timeout_s, progress)
+    return _download_window(url, dest, window, None, retries, backoff_s, timeout_s, progress)
 
 
 def fetch_tail(
