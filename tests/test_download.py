@@ -228,6 +228,13 @@ def test_download_range_resumes_after_a_cut(http_server: LocalHTTPServer, tmp_pa
     ]
 
 
+def test_download_range_retries_server_errors(http_server: LocalHTTPServer, tmp_path: Path) -> None:
+    url = http_server.add("/f.bin", DATA, fail_first=2)
+    dest = _fetch_range(url, tmp_path / "slice.bin", 0, 100)
+    assert dest.read_bytes() == DATA[:100]
+    assert [r.status for r in http_server.requests] == [503, 503, 206]
+
+
 def test_download_range_resumes_part_left_by_earlier_call(
     http_server: LocalHTTPServer, tmp_path: Path
 ) -> None:

@@ -34,7 +34,8 @@ from detbench.data.download import CHUNK_SIZE, download_range, fetch_tail
 from detbench.errors import DetbenchError
 
 # The first request reads this much of the archive's end: the end-of-directory records (at most
-# 22 + 65,535 bytes of comment + 76 of ZIP64) and, for val2017's 5,000 members, the directory.
+# 22 + 65,535 bytes of comment + 76 of ZIP64) and the directory of a zip with a few thousand
+# members (70-100 bytes each: likely all of val2017's 5,000); a longer one costs one more request.
 TAIL_BYTES = 1 << 20
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # signature ... file name length, extra field length
 _LOCAL_SIGNATURE = b"PK\x03\x04"
