@@ -1,8 +1,10 @@
 """A small threaded HTTP server on 127.0.0.1 for download tests (no network needed).
 
-It serves in-memory files, honours ``Range: bytes=N-`` (206 / 416) and can misbehave on purpose:
-cut the connection after N bytes of the first response, answer the first K requests with 503,
-ignore Range headers (plain 200), or redirect. Every request is recorded for assertions.
+It serves in-memory files, honours ``Range: bytes=N-``, ``bytes=N-M`` and ``bytes=-N`` (206 / 416)
+and can misbehave on purpose: cut the connection after N bytes of the first response, or in the
+first response that reaches byte X of the file, answer the first K requests with 503, ignore
+Range headers (plain 200 without ``Accept-Ranges``, as a server without range support), or
+redirect. Every request is recorded for assertions.
 
 Use it as a fixture by importing it into a test module::
 
@@ -24,12 +26,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
+_SUFFIX_RANGE = re.compile(r"bytes=-(\d+)")
 
 
 @dataclass
 class ServedFile:
     data: bytes
     cut_after: int | None = None  # first data response: full Content-Length, then only N bytes
+    cut_at: int | None = None  # first response whose body passes file byte X: stop at X, cut
     fail_first: int = 0  # the first K requests get 503
     ignore_range: bool = False  # always answer 200 with the whole file
     redirect_to: str | None = None  # answer 302 to this path instead
@@ -81,11 +85,16 @@ class LocalHTTPServer:
         cut_after: int | None = None,
         fail_first: int = 0,
         ignore_range: bool = False,
+        cut_at: int | None = None,
     ) -> str:
         """Serve ``data`` at ``path`` (replacing what was there) and return its URL."""
         with self.lock:
             self.files[path] = ServedFile(
-                data, cut_after=cut_after, fail_first=fail_first, ignore_range=ignore_range
+                data,
+                cut_after=cut_after,
+                cut_at=cut_at,
+                fail_first=fail_first,
+                ignore_range=ignore_range,
             )
         return self.url(path)
 
@@ -115,33 +124,55 @@ def _make_handler(owner: LocalHTTPServer) -> type[BaseHTTPRequestHandler]:
                 if served is not None:
                     served.requests += 1
                     failing = served.requests <= served.fail_first
-                    cut = None
-                    if not failing and served.cut_after is not None and not served.cut_done:
-                        served.cut_done = True
-                        cut = served.cut_after
             if served is None:
                 return self._reply(404, b"not found")
             if failing:
                 return self._reply(503, b"try again later")
             if served.redirect_to is not None:
                 return self._reply(302, b"", {"Location": served.redirect_to})
-            self._send_data(served, cut)
+            self._send_data(served)
 
-        def _send_data(self, served: ServedFile, cut: int | None) -> None:
+        def _byte_range(self, served: ServedFile) -> tuple[int, int, int] | None:
+            """(status, start, end) to answer with; None when the range cannot be satisfied."""
+            total = len(served.data)
+            header = self.headers.get("Range", "").strip()
+            match, suffix = _RANGE.fullmatch(header), _SUFFIX_RANGE.fullmatch(header)
+            if served.ignore_range or (match is None and suffix is None):
+                return 200, 0, total
+            if suffix is not None:
+                length = int(suffix.group(1))
+                return (206, max(0, total - length), total) if length and total else None
+            assert match is not None
+            start = int(match.group(1))
+            end = min(int(match.group(2)) + 1, total) if match.group(2) else total
+            return (206, start, end) if start < total and start < end else None
+
+        def _take_cut(self, served: ServedFile, start: int, end: int) -> int | None:
+            """Bytes of this body to send before dropping the connection, None to send it all."""
+            with owner.lock:
+                if served.cut_done:
+                    return None
+                if served.cut_after is not None:
+                    served.cut_done = True
+                    return served.cut_after
+                if served.cut_at is not None and start <= served.cut_at < end:
+                    served.cut_done = True
+                    return served.cut_at - start
+            return None
+
+        def _send_data(self, served: ServedFile) -> None:
             data, total = served.data, len(served.data)
-            match = _RANGE.fullmatch(self.headers.get("Range", "").strip())
-            if match is None or served.ignore_range:
-                status, start, end = 200, 0, total
-            else:
-                start = int(match.group(1))
-                end = min(int(match.group(2)) + 1, total) if match.group(2) else total
-                if start >= total:
-                    return self._reply(416, b"", {"Content-Range": f"bytes */{total}"})
-                status = 206
-            headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
+            answer = self._byte_range(served)
+            if answer is None:
+                return self._reply(416, b"", {"Content-Range": f"bytes */{total}"})
+            status, start, end = answer
+            headers = {"Content-Type": "application/octet-stream"}
+            if not served.ignore_range:
+                headers["Accept-Ranges"] = "bytes"
             if status == 206:
                 headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
             body = data[start:end]
+            cut = self._take_cut(served, start, end)
             self._record(status)
             self.send_response(status)
             for key, value in headers.items():

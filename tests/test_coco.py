@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 from http_server import LocalHTTPServer, http_server_fixture  # noqa: F401 (fixture)
 
+from detbench.data import remote_zip
 from detbench.data.coco import (
     COCO_BASE_URL,
     COCO_CATEGORY_IDS,
@@ -77,26 +80,59 @@ def image_jpegs() -> dict[str, bytes]:
     return {_file(i): _jpeg(w, h, seed=i) for i, (w, h) in IMAGES.items()}
 
 
+ANNOTATIONS_PATH = "/annotations/annotations_trainval2017.zip"
+IMAGES_PATH = "/zips/val2017.zip"
+
+
 def serve_coco(
     server: LocalHTTPServer,
     image_jpegs: dict[str, bytes],
     instances: dict[str, Any] | None = None,
     *,
     skip_image: str | None = None,
-) -> None:
+    ranges: bool = True,
+) -> dict[str, bytes]:
+    """Serve both archives (``ranges=False``: as a server without range support); returns them."""
     ann_json = json.dumps(instances or _instances()).encode()
-    server.add(
-        "/annotations/annotations_trainval2017.zip",
-        _zip({"annotations/instances_val2017.json": ann_json, "annotations/other.json": b"{}"}),
+    # other.json first: a range download must fetch none of it, not even with the tail.
+    annotations = _zip(
+        {"annotations/other.json": b"{}" * 500, "annotations/instances_val2017.json": ann_json}
     )
     jpegs = {f"val2017/{name}": data for name, data in image_jpegs.items() if name != skip_image}
-    server.add("/zips/val2017.zip", _zip(jpegs))
+    archives = {ANNOTATIONS_PATH: annotations, IMAGES_PATH: _zip(jpegs)}
+    for path, data in archives.items():
+        server.add(path, data, ignore_range=not ranges)
+    return archives
 
 
 def _fetch(server: LocalHTTPServer, out_dir: Path, **kwargs: Any) -> Path:
     kwargs.setdefault("backoff_s", 0)
     kwargs.setdefault("progress", False)
     return fetch_coco(out_dir, base_url=server.base_url, **kwargs)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def _fetched_members(server: LocalHTTPServer, path: str, archive: bytes) -> set[str]:
+    """The members of the served ``archive`` of which the requests for ``path`` asked any byte."""
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        starts = sorted((info.header_offset, info.filename) for info in zf.infolist())
+        ends = [start for start, _ in starts[1:]] + [zf.start_dir]
+    spans = {name: (start, end) for (start, name), end in zip(starts, ends, strict=True)}
+    fetched: set[str] = set()
+    for record in server.requests_for(path):
+        match = re.fullmatch(r"bytes=(\d*)-(\d*)", record.range or "")
+        if match is None:  # no Range: the whole archive
+            return set(spans)
+        first, last = match.groups()
+        if first:
+            lo, hi = int(first), int(last) + 1
+        else:
+            lo, hi = len(archive) - int(last), len(archive)
+        fetched |= {name for name, (start, end) in spans.items() if lo < end and start < hi}
+    return fetched
 
 
 def _labels(path: Path) -> list[list[str]]:
@@ -211,16 +247,129 @@ def test_max_images_takes_first_ids_and_extracts_only_those(
     assert [d["annotation_id"] for d in manifest["dropped_boxes"]] == [4]
 
 
+@pytest.fixture
+def short_tail_coco(
+    http_server: LocalHTTPServer, image_jpegs: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> dict[str, bytes]:
+    """The archives, served with ranges, and a first read shorter than their directories (as
+    1 MiB is for the real train2017.zip): the tail must not bring any member along."""
+    monkeypatch.setattr(remote_zip, "TAIL_BYTES", 100)
+    return serve_coco(http_server, image_jpegs)
+
+
+def test_subset_fetches_only_its_files_by_range(
+    http_server: LocalHTTPServer,
+    tmp_path: Path,
+    image_jpegs: dict[str, bytes],
+    short_tail_coco: dict[str, bytes],
+) -> None:
+    archives = short_tail_coco
+    out_dir = tmp_path / "coco"
+    _fetch(http_server, out_dir, max_images=2)
+    assert _fetched_members(http_server, IMAGES_PATH, archives[IMAGES_PATH]) == {
+        f"val2017/{_file(139)}",
+        f"val2017/{_file(285)}",
+    }
+    assert _fetched_members(http_server, ANNOTATIONS_PATH, archives[ANNOTATIONS_PATH]) == {
+        "annotations/instances_val2017.json"
+    }
+    assert all(r.status == 206 for r in http_server.requests)
+    assert _tree(out_dir / "JPEGImages") == {f: image_jpegs[f] for f in (_file(139), _file(285))}
+    assert _labels(out_dir / "labels" / "000000000285.txt") == [
+        ["16", "0.875000", "0.833333", "0.250000", "0.333333"]
+    ]
+    cache = tmp_path / ".download"
+    assert sorted(p.name for p in cache.iterdir()) == ["instances_val2017.json", "val2017"]
+    assert sorted(p.name for p in (cache / "val2017").iterdir()) == [_file(139), _file(285)]
+
+
+def test_subset_resumes_an_image_after_a_cut_connection(
+    http_server: LocalHTTPServer,
+    tmp_path: Path,
+    image_jpegs: dict[str, bytes],
+    short_tail_coco: dict[str, bytes],
+) -> None:
+    archives = short_tail_coco
+    with zipfile.ZipFile(io.BytesIO(archives[IMAGES_PATH])) as zf:
+        start = zf.getinfo(f"val2017/{_file(285)}").header_offset
+    cut = start + 500
+    http_server.add(IMAGES_PATH, archives[IMAGES_PATH], cut_at=cut)
+    out_dir = tmp_path / "coco"
+    _fetch(http_server, out_dir, max_images=2)
+    assert (out_dir / "JPEGImages" / _file(285)).read_bytes() == image_jpegs[_file(285)]
+    ranges = [r.range for r in http_server.requests_for(IMAGES_PATH)]
+    (cut_request,) = [r for r in ranges if r and r.startswith(f"bytes={start}-")]
+    assert ranges[ranges.index(cut_request) + 1] == f"bytes={cut}-{cut_request.split('-')[-1]}"
+    assert not list((tmp_path / ".download" / "val2017").glob("*.zipped*"))
+
+
+def test_without_ranges_whole_archives_are_downloaded_and_the_log_says_so(
+    http_server: LocalHTTPServer,
+    tmp_path: Path,
+    image_jpegs: dict[str, bytes],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    serve_coco(http_server, image_jpegs, ranges=False)
+    out_dir = tmp_path / "coco"
+    with caplog.at_level(logging.WARNING, logger="detbench.data.coco"):
+        _fetch(http_server, out_dir, max_images=2)
+    assert sorted(p.name for p in (out_dir / "JPEGImages").iterdir()) == [_file(139), _file(285)]
+    for path in (ANNOTATIONS_PATH, IMAGES_PATH):
+        url = http_server.url(path)
+        assert (
+            f"{url}: server ignored a Range request (HTTP 200); "
+            "downloading the whole archive instead" in caplog.messages
+        )
+        # The range request (its 200 body left unread), then one plain download.
+        assert [r.range is None for r in http_server.requests_for(path)] == [False, True]
+    assert sorted(p.name for p in (tmp_path / ".download").iterdir()) == [
+        "annotations_trainval2017.zip",
+        "val2017.zip",
+    ]
+
+
+def test_subset_by_range_matches_whole_archive_conversion(
+    http_server: LocalHTTPServer, tmp_path: Path, image_jpegs: dict[str, bytes]
+) -> None:
+    serve_coco(http_server, image_jpegs)
+    by_range = _fetch(http_server, tmp_path / "range", max_images=3, cache_dir=tmp_path / "c1")
+    serve_coco(http_server, image_jpegs, ranges=False)
+    whole = _fetch(http_server, tmp_path / "whole", max_images=3, cache_dir=tmp_path / "c2")
+    everything = _fetch(http_server, tmp_path / "all", cache_dir=tmp_path / "c2")
+    assert (tmp_path / "c2" / "val2017.zip").exists() and not (
+        tmp_path / "c1" / "val2017.zip"
+    ).exists()
+
+    manifests = [json.loads((d / "manifest.json").read_text()) for d in (by_range, whole)]
+    for manifest in manifests:
+        del manifest["image_dir"]  # the output folder's own path
+    assert manifests[0] == manifests[1]
+    tree = _tree(by_range)
+    del tree["manifest.json"]
+    assert len(tree) == 6  # 3 images, 3 label files
+    assert tree == {k: v for k, v in _tree(whole).items() if k != "manifest.json"}
+    assert tree == {k: v for k, v in _tree(everything).items() if k in tree}
+
+
 def test_archives_are_cached_between_calls(
     http_server: LocalHTTPServer, tmp_path: Path, image_jpegs: dict[str, bytes]
 ) -> None:
     serve_coco(http_server, image_jpegs)
     cache = tmp_path / "cache"
     _fetch(http_server, tmp_path / "a", cache_dir=cache, max_images=1)
-    _fetch(http_server, tmp_path / "b", cache_dir=cache)
-    assert len(http_server.requests) == 2  # one per archive, first call only
+    # By range: the annotation zip's tail and instances JSON, the image zip's tail and 1 image.
+    assert len(http_server.requests) == 4
+    _fetch(http_server, tmp_path / "b", cache_dir=cache, max_images=1)
+    assert len(http_server.requests) == 4  # all of it in the cache
+    _fetch(http_server, tmp_path / "c", cache_dir=cache, max_images=2)
+    assert len(http_server.requests) == 6  # the image zip's tail and the one new image
+    _fetch(http_server, tmp_path / "d", cache_dir=cache)
+    assert len(http_server.requests) == 7  # the whole image zip: every image is wanted
+    _fetch(http_server, tmp_path / "e", cache_dir=cache, max_images=3)
+    assert len(http_server.requests) == 7  # the whole zip is there now: images come from it
     assert sorted(p.name for p in cache.iterdir()) == [
-        "annotations_trainval2017.zip",
+        "instances_val2017.json",
+        "val2017",
         "val2017.zip",
     ]
 
@@ -246,14 +395,16 @@ def test_missing_image_in_zip_leaves_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == [".download"]
 
 
-def test_corrupt_annotation_archive_is_deleted(
-    http_server: LocalHTTPServer, tmp_path: Path, image_jpegs: dict[str, bytes]
+@pytest.mark.parametrize("ranges", [True, False], ids=["by-range", "whole"])
+def test_corrupt_annotation_archive_is_an_error(
+    http_server: LocalHTTPServer, tmp_path: Path, image_jpegs: dict[str, bytes], ranges: bool
 ) -> None:
-    serve_coco(http_server, image_jpegs)
-    http_server.add("/annotations/annotations_trainval2017.zip", b"PK\x03\x04 truncated")
+    serve_coco(http_server, image_jpegs, ranges=ranges)
+    http_server.add(ANNOTATIONS_PATH, b"PK\x03\x04 truncated", ignore_range=not ranges)
     with pytest.raises(DetbenchError, match="not a valid zip archive"):
         _fetch(http_server, tmp_path / "coco")
-    assert not (tmp_path / ".download" / "annotations_trainval2017.zip").exists()
+    # A corrupt archive in the cache is deleted, so that the next run downloads it again.
+    assert list((tmp_path / ".download").glob("*")) == []
 
 
 def test_unsafe_file_name_is_refused() -> None:

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 from http_server import LocalHTTPServer, http_server_fixture  # noqa: F401 (fixture)
 
-from detbench.data.download import download, sha256_file
+from detbench.data.download import (
+    RangesUnsupported,
+    download,
+    download_range,
+    fetch_tail,
+    sha256_file,
+)
 from detbench.errors import DetbenchError
 
 DATA = os.urandom(300_000)
@@ -198,6 +204,83 @@ def test_redirect_keeps_range(http_server: LocalHTTPServer, tmp_path: Path) -> N
     _fetch(url, dest, sha256=SHA)
     assert dest.read_bytes() == DATA
     assert [r.range for r in http_server.requests_for("/real.bin")] == [None, "bytes=50000-"]
+
+
+def test_download_range_fetches_only_the_slice(
+    http_server: LocalHTTPServer, tmp_path: Path
+) -> None:
+    url = http_server.add("/f.bin", DATA)
+    dest = tmp_path / "slice.bin"
+    assert _fetch_range(url, dest, 1000, 5000) == dest
+    assert dest.read_bytes() == DATA[1000:5000]
+    assert not _part(dest).exists()
+    assert [(r.range, r.status) for r in http_server.requests] == [("bytes=1000-4999", 206)]
+
+
+def test_download_range_resumes_after_a_cut(http_server: LocalHTTPServer, tmp_path: Path) -> None:
+    url = http_server.add("/f.bin", DATA, cut_at=150_000)
+    dest = tmp_path / "slice.bin"
+    _fetch_range(url, dest, 100_000, 200_000)
+    assert dest.read_bytes() == DATA[100_000:200_000]
+    assert [(r.range, r.status) for r in http_server.requests] == [
+        ("bytes=100000-199999", 206),
+        ("bytes=150000-199999", 206),  # only the bytes the cut connection did not deliver
+    ]
+
+
+def test_download_range_retries_server_errors(http_server: LocalHTTPServer, tmp_path: Path) -> None:
+    url = http_server.add("/f.bin", DATA, fail_first=2)
+    dest = _fetch_range(url, tmp_path / "slice.bin", 0, 100)
+    assert dest.read_bytes() == DATA[:100]
+    assert [r.status for r in http_server.requests] == [503, 503, 206]
+
+
+def test_download_range_resumes_part_left_by_earlier_call(
+    http_server: LocalHTTPServer, tmp_path: Path
+) -> None:
+    url = http_server.add("/f.bin", DATA)
+    dest = tmp_path / "slice.bin"
+    _part(dest).write_bytes(DATA[10:20])
+    _fetch_range(url, dest, 10, 30)
+    assert dest.read_bytes() == DATA[10:30]
+    assert [r.range for r in http_server.requests] == ["bytes=20-29"]
+
+
+def test_download_range_without_range_support_raises_and_keeps_nothing(
+    http_server: LocalHTTPServer, tmp_path: Path
+) -> None:
+    url = http_server.add("/f.bin", DATA, ignore_range=True)
+    dest = tmp_path / "slice.bin"
+    with pytest.raises(RangesUnsupported, match=rf"^{url}: server ignored a Range request"):
+        _fetch_range(url, dest, 10, 30)
+    assert not dest.exists() and not _part(dest).exists()
+    assert len(http_server.requests) == 1  # not retried: another attempt cannot help
+
+
+def test_download_range_past_the_end_names_url(
+    http_server: LocalHTTPServer, tmp_path: Path
+) -> None:
+    url = http_server.add("/f.bin", DATA)
+    with pytest.raises(DetbenchError, match=rf"^{url}: server cannot serve bytes 400000-400009 "):
+        _fetch_range(url, tmp_path / "slice.bin", 400_000, 400_010)
+
+
+def test_fetch_tail_returns_size_and_last_bytes(http_server: LocalHTTPServer) -> None:
+    url = http_server.add("/f.bin", DATA)
+    assert fetch_tail(url, 100, backoff_s=0) == (len(DATA), DATA[-100:])
+    assert fetch_tail(url, 10**9, backoff_s=0) == (len(DATA), DATA)  # longer than the file
+    assert [r.range for r in http_server.requests] == ["bytes=-100", "bytes=-1000000000"]
+
+
+def test_fetch_tail_retries_then_reports_no_range_support(http_server: LocalHTTPServer) -> None:
+    url = http_server.add("/f.bin", DATA, fail_first=1, ignore_range=True)
+    with pytest.raises(RangesUnsupported, match=r"\(HTTP 200\)"):
+        fetch_tail(url, 100, backoff_s=0)
+    assert [r.status for r in http_server.requests] == [503, 200]
+
+
+def _fetch_range(url: str, dest: Path, start: int, end: int) -> Path:
+    return download_range(url, dest, start, end, backoff_s=0, progress=False)
 
 
 def _unused_port() -> int:

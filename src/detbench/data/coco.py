@@ -9,12 +9,19 @@ Output inside ``out_dir``::
 Boxes are converted faithfully but defensively: crowd regions (``iscrowd=1``) are skipped and
 counted, boxes are clipped to the image (counted), and boxes with no area left are dropped and
 listed, so any difference from the raw annotations is visible in the manifest.
+
+Only what is needed is downloaded when the server answers HTTP range requests (the official one
+does): ``instances_<split>.json`` out of the annotations zip, and with ``max_images`` only the
+chosen images out of ``<split>.zip`` (see :mod:`detbench.data.remote_zip`). Otherwise, and for a
+whole split, the archives are downloaded whole, as they are when already in the cache.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import sys
 import zipfile
 import zlib
 from collections.abc import Iterable
@@ -23,9 +30,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
+from tqdm import tqdm
+
 from detbench.atomic import atomic_directory
-from detbench.data.download import download
+from detbench.data.download import RangesUnsupported, download
+from detbench.data.remote_zip import RemoteZip, Retry
 from detbench.errors import DetbenchError
+
+logger = logging.getLogger(__name__)
 
 COCO_BASE_URL = "http://images.cocodataset.org"
 SPLITS = ("train2017", "val2017")
@@ -108,9 +120,9 @@ def fetch_coco(
 ) -> Path:
     """Download COCO ``split`` and write images, YOLO labels and ``manifest.json`` to ``out_dir``.
 
-    ``max_images`` keeps the first N images by id (and extracts only those; the archives are
-    still downloaded whole). Archives are cached in ``cache_dir`` (default
-    ``<out_dir's parent>/.download``). ``out_dir`` is replaced atomically at the end.
+    ``max_images`` keeps the first N images by id, and only those are downloaded (by range; the
+    whole archive when the server cannot send ranges). Downloads are cached in ``cache_dir``
+    (default ``<out_dir's parent>/.download``). ``out_dir`` is replaced atomically at the end.
     """
     if split not in SPLITS:
         raise DetbenchError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
@@ -118,24 +130,103 @@ def fetch_coco(
         raise DetbenchError(f"max_images: expected a positive number, got {max_images}")
     out_dir = Path(out_dir)
     cache = Path(cache_dir) if cache_dir is not None else out_dir.parent / ".download"
-    base = base_url.rstrip("/")
-    fetch = {"retries": retries, "backoff_s": backoff_s, "progress": progress}
-    annotations_zip = _fetch_archive(base, ANNOTATIONS_ARCHIVE, cache, **fetch)
-    images_url = f"{base}/zips/{split}.zip"
-    images_zip = _fetch_archive(base, f"zips/{split}.zip", cache, **fetch)
+    source = _Source(base_url.rstrip("/"), cache, Retry(retries, backoff_s), progress)
 
-    member = f"annotations/instances_{split}.json"
-    instances = _read_json_member(annotations_zip, member)
-    where = f"{annotations_zip}:{member}"
+    instances, where = _load_instances(source, split)
     conversion = convert_instances(instances, max_images=max_images, where=where)
+    files = [image.file for image in conversion.images]
 
     with atomic_directory(out_dir) as tmp:
-        _extract_images(images_zip, split, (image.file for image in conversion.images), tmp)
+        _fetch_images(source, split, files, tmp / "JPEGImages", subset=max_images is not None)
         _write_labels(tmp / "labels", conversion.images)
+        images_url = source.url(f"zips/{split}.zip")
         manifest = _manifest(conversion, split, out_dir.resolve() / "JPEGImages", images_url)
         text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
         (tmp / "manifest.json").write_text(text, encoding="utf-8")
     return out_dir
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where the COCO archives come from, where they are cached and how hard to try."""
+
+    base: str
+    cache: Path
+    retry: Retry
+    progress: bool | None
+
+    def url(self, archive: str) -> str:
+        return f"{self.base}/{archive}"
+
+    def cached(self, archive: str) -> Path:
+        """Where the whole archive is, once downloaded."""
+        return self.cache / PurePosixPath(archive).name
+
+    def whole(self, archive: str) -> Path:
+        size, sha256 = official_pins(self.base, archive)
+        return download(
+            self.url(archive),
+            self.cached(archive),
+            size=size,
+            sha256=sha256,
+            progress=self.progress,
+            **self.retry.as_kwargs(),
+        )
+
+    def members(self, archive: str, wanted: dict[str, Path]) -> bool:
+        """Fetch members of ``archive`` (name -> destination) by range.
+
+        False, and a warning in the log, when the server does not answer range requests.
+        """
+        url = self.url(archive)
+        expected_size = official_pins(self.base, archive)[0]
+        show = sys.stderr.isatty() if self.progress is None else self.progress
+        try:
+            remote = RemoteZip.open(url, retry=self.retry, expected_size=expected_size)
+            total = len(remote.members)
+            logger.info("fetching %d of the %d files in %s by range", len(wanted), total, url)
+            for name, dest in tqdm(wanted.items(), unit="file", disable=not show):
+                remote.extract(name, dest)
+        except RangesUnsupported as error:
+            logger.warning("%s; downloading the whole archive instead", error)
+            return False
+        return True
+
+
+def _load_instances(source: _Source, split: str) -> tuple[dict[str, Any], str]:
+    """The instances JSON of ``split`` and the name of where it came from (for errors).
+
+    Fetched alone by range into the cache when the server can, not the whole 253 MB archive.
+    """
+    member = f"annotations/instances_{split}.json"
+    whole = source.cached(ANNOTATIONS_ARCHIVE)
+    alone = source.cache / PurePosixPath(member).name
+    if not whole.exists() and (
+        alone.exists() or source.members(ANNOTATIONS_ARCHIVE, {member: alone})
+    ):
+        return _read_json_file(alone), str(alone)
+    archive = source.whole(ANNOTATIONS_ARCHIVE)
+    return _read_json_member(archive, member), f"{archive}:{member}"
+
+
+def _fetch_images(
+    source: _Source, split: str, files: list[str], image_dir: Path, *, subset: bool
+) -> None:
+    """Put ``files`` of ``split`` into ``image_dir``: by range for a subset, else from the zip.
+
+    Images fetched by range stay in the cache (``<cache>/<split>/``), so a run cut short, or one
+    with a larger ``max_images``, fetches only the images it does not have yet.
+    """
+    archive = f"zips/{split}.zip"
+    if subset and not source.cached(archive).exists():
+        member_dir = source.cache / split
+        missing = {f"{split}/{n}": member_dir / n for n in files if not (member_dir / n).exists()}
+        if not missing or source.members(archive, missing):
+            image_dir.mkdir(parents=True)
+            for name in files:
+                shutil.copyfile(member_dir / name, image_dir / name)
+            return
+    _extract_images(source.whole(archive), split, files, image_dir)
 
 
 def official_pins(base_url: str, archive: str) -> tuple[int | None, str | None]:
@@ -144,12 +235,6 @@ def official_pins(base_url: str, archive: str) -> tuple[int | None, str | None]:
     if f"{parsed.netloc}{parsed.path}" in _OFFICIAL_HOSTS and archive in OFFICIAL_ARCHIVES:
         return OFFICIAL_ARCHIVES[archive]
     return None, None
-
-
-def _fetch_archive(base: str, archive: str, cache: Path, **kwargs: Any) -> Path:
-    size, sha256 = official_pins(base, archive)
-    dest = cache / PurePosixPath(archive).name
-    return download(f"{base}/{archive}", dest, size=size, sha256=sha256, **kwargs)
 
 
 def _bad_archive(archive: Path, error: BaseException) -> DetbenchError:
@@ -172,8 +257,21 @@ def _read_json_member(archive: Path, member: str) -> dict[str, Any]:
         raise _bad_archive(archive, error) from error
     except json.JSONDecodeError as error:
         raise DetbenchError(f"{archive}: {member} is not valid JSON ({error})") from error
+    return _instances_object(data, f"{archive}: {member}")
+
+
+def _read_json_file(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            data = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise DetbenchError(f"{path}: not valid JSON ({error})") from error
+    return _instances_object(data, str(path))
+
+
+def _instances_object(data: Any, where: str) -> dict[str, Any]:
     if not isinstance(data, dict):
-        raise DetbenchError(f"{archive}: {member} is not a COCO instances file (not an object)")
+        raise DetbenchError(f"{where} is not a COCO instances file (not an object)")
     return data
 
 
@@ -264,9 +362,8 @@ def _convert_box(ann: dict[str, Any], image: CocoImage, conv: CocoConversion, wh
     conv.boxes_per_class[COCO_CLASSES[index]] += 1
 
 
-def _extract_images(archive: Path, split: str, files: Iterable[str], dest: Path) -> None:
+def _extract_images(archive: Path, split: str, files: Iterable[str], image_dir: Path) -> None:
     """Copy only the wanted images out of the (possibly 19 GB) zip."""
-    image_dir = dest / "JPEGImages"
     image_dir.mkdir(parents=True)
     try:
         with zipfile.ZipFile(archive) as zf:
