@@ -239,13 +239,19 @@ def test_snakemake_rejects_bad_config_before_any_job(
     assert matching, f"no line names both {key!r} and the config file:\n{run.describe()}"
 
 
+def _plan_with_command_line_config(
+    snakemake: Callable[..., Any], workflow_copy: Path, tiny_config: Path, value: str
+) -> Any:
+    good = workflow_copy / "good.yaml"
+    good.write_text(tiny_config.read_text(encoding="utf-8"), encoding="utf-8")
+    return snakemake(workflow_copy, "-n", "--cores", "1", "--configfile", good.name,
+                     "--config", value)  # fmt: skip
+
+
 def test_bad_command_line_config_is_named_as_such(
     snakemake: Callable[..., Any], workflow_copy: Path, tiny_config: Path
 ) -> None:
-    good = workflow_copy / "good.yaml"
-    good.write_text(tiny_config.read_text(encoding="utf-8"), encoding="utf-8")
-    run = snakemake(workflow_copy, "-n", "--cores", "1", "--configfile", good.name,
-                    "--config", "foo=1")  # fmt: skip
+    run = _plan_with_command_line_config(snakemake, workflow_copy, tiny_config, "foo=1")
     _nothing_ran(run, workflow_copy)
     matching = [line for line in run.output.splitlines() if "'foo'" in line]
     assert matching and all("good.yaml, --config: " in line for line in matching), run.describe()
@@ -287,8 +293,6 @@ def test_command_line_string_that_is_no_number_is_still_refused() -> None:
 def test_snakemake_reads_numbers_in_a_command_line_mapping(
     snakemake: Callable[..., Any], workflow_copy: Path, tiny_config: Path
 ) -> None:
-    good = workflow_copy / "good.yaml"
-    good.write_text(tiny_config.read_text(encoding="utf-8"), encoding="utf-8")
-    run = snakemake(workflow_copy, "-n", "--cores", "1", "--configfile", good.name,
-                    "--config", "train={checkpoint_interval_s: 0}")  # fmt: skip
+    value = "train={checkpoint_interval_s: 0}"
+    run = _plan_with_command_line_config(snakemake, workflow_copy, tiny_config, value)
     assert run.returncode == 0, run.describe()
