@@ -183,6 +183,33 @@ def test_unparseable_xml_fails_in_convert_and_keeps_the_download(
     assert (dataset / "yolo/manifest.json").is_file()
 
 
+def test_deleted_source_image_after_conversion_refuses_the_dataset(
+    snakemake: Callable[..., Any],
+    workflow_copy: Path,
+    tiny_config: Path,
+    synthetic_voc: Path,
+    tmp_path: Path,
+) -> None:
+    source = shutil.copytree(synthetic_voc, tmp_path / "voc-source")
+    config = yaml.safe_load(tiny_config.read_text(encoding="utf-8"))
+    config["dataset"].update(name="local", source=str(source))
+    _write_config(workflow_copy / "local.yaml", config)
+    target = ("results/datasets/local/yolo", "--cores", "1", "--configfile", "local.yaml")
+    assert snakemake(workflow_copy, *target).returncode == 0
+
+    deleted = sorted((source / "JPEGImages").glob("*.jpg"))[2]
+    deleted.unlink()
+    run = snakemake(workflow_copy, *target)
+    assert run.returncode != 0, run.describe()
+    # The copy refuses, naming the user's image, not the workflow's copy or another image.
+    lines = [line for line in run.stderr.splitlines() if deleted.stem in line]
+    assert any(str(source) in line and "missing" in line for line in lines), run.describe()
+    # Not "Nothing to be done": the converted dataset is still planned for a rebuild.
+    plan = snakemake(workflow_copy, "-n", *target)
+    assert plan.returncode == 0 and "Nothing to be done" not in plan.output, plan.describe()
+    assert {"download", "convert"} <= set(plan.job_stats()), plan.describe()
+
+
 # --------------------------------------------------------------------------- end to end
 
 

@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 
@@ -76,3 +77,61 @@ class SourceFile:
 
 def record_files(root: Path, relative_paths: list[str]) -> list[SourceFile]:
     return [SourceFile(rel, (root / rel).stat().st_size) for rel in relative_paths]
+
+
+# The step that rebuilds a converted dataset from its source (the workflow's rule names).
+REBUILD_HINT = "then rerun the data steps (snakemake --forcerun download)"
+
+
+@dataclass(frozen=True)
+class MadeFrom:
+    """What a converted dataset's manifest says it was made from."""
+
+    manifest: Path
+    copy_root: Path  # the VOC folder the labels were converted from
+    origin_root: Path  # the user's dataset it was copied from (== copy_root for named sources)
+    sizes: dict[str, int]  # relative path -> size in bytes at conversion
+
+    @classmethod
+    def from_manifest(cls, manifest: Path, raw: dict[str, Any]) -> MadeFrom | None:
+        """None for a manifest written before conversion recorded its files."""
+        if "source_files" not in raw or "source" not in raw:
+            return None
+        copy_root = Path(raw["source"])
+        return cls(
+            manifest=manifest,
+            copy_root=copy_root,
+            origin_root=Path(raw.get("origin") or copy_root),
+            sizes={item["path"]: int(item["size"]) for item in raw["source_files"]},
+        )
+
+    def check(self, relative_paths: list[str]) -> None:
+        """DetbenchError naming the user's file when one of these is gone or has changed.
+
+        A deleted source file is reported before a missing copy: a failed copy step removes
+        the whole copy, and the file to restore is the deleted one, not the first of the list.
+        """
+        converted = self.manifest.parent
+        recorded = [rel for rel in relative_paths if rel in self.sizes]
+        missing = [rel for rel in recorded if not (self.copy_root / rel).is_file()]
+        deleted = [rel for rel in missing if not (self.origin_root / rel).is_file()]
+        if deleted:
+            raise FileProblem(
+                self.origin_root / deleted[0],
+                f"image file does not exist, but {converted} was converted from it; restore "
+                f"it or remove it from the ImageSets/Main lists, {REBUILD_HINT}",
+            )
+        if missing:
+            raise FileProblem(
+                self.copy_root / missing[0],
+                f"image file does not exist (the workflow's copy of "
+                f"{self.origin_root / missing[0]}, which does); {REBUILD_HINT}",
+            )
+        for rel in recorded:
+            size = (self.copy_root / rel).stat().st_size
+            if size != self.sizes[rel]:
+                raise FileProblem(
+                    self.origin_root / rel,
+                    f"changed since {converted} was converted from it ({self.sizes[rel]} bytes "
+                    f"then, {size} now); {REBUILD_HINT}",
+                )
