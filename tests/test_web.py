@@ -431,7 +431,9 @@ def test_annotated_image_on_request(
     drawn = decode_data_url(body["annotated_image"])
     assert (drawn.shape[1], drawn.shape[0]) == shown == tuple(body["annotated_size"])
     preview = cv2.resize(original, shown, interpolation=cv2.INTER_AREA)
-    changed = np.any(drawn != preview, axis=2).mean()
+    # Uploads over max_decode_side are decoded reduced, so their preview differs from a
+    # direct resize by a few grey levels: count only what drawing changed.
+    changed = (np.abs(drawn.astype(int) - preview.astype(int)).max(axis=2) > 16).mean()
     assert 0.01 < changed < 0.9  # boxes and labels drawn, the image still there
 
 
