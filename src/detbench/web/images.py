@@ -81,16 +81,17 @@ def decode_upload(data: bytes, max_pixels: int, max_side: int | None) -> Decoded
             if target is not None and image.format == "JPEG":
                 image.draft("RGB", target)  # the smallest DCT scale still >= target
             image.load()  # decodes; truncated data raises (ImageFile.LOAD_TRUNCATED_IMAGES off)
-            upright = ImageOps.exif_transpose(image)
+            # Reduce first, while only the decoder's own buffer exists at full size: every
+            # later step (rotation, colour conversion, the BGR copy) copies the image.
+            fitted = _fit(image, max_side) if target is not None else image
+            upright = ImageOps.exif_transpose(fitted)
             rgb = upright.convert("RGB")
         except Exception as error:
             # Decoders report damage in many ways (OSError, SyntaxError, ValueError,
             # struct.error, ...); all of them mean the same thing to the user.
             raise ImageRejected(f"corrupt or truncated {image.format} image ({error})") from None
-    if target is not None:
-        rgb = _fit(rgb, max_side)
     # Original size as the user sees it (EXIF rotation may swap the sides).
-    if upright.size != image.size:
+    if upright.size != fitted.size:
         width, height = height, width
     pixels = np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
     return DecodedImage(pixels, width, height)
@@ -103,10 +104,16 @@ def _reduced_size(width: int, height: int, max_side: int | None) -> tuple[int, i
     return max(1, round(width * ratio)), max(1, round(height * ratio))
 
 
-def _fit(image: Image.Image, max_side: int) -> Image.Image:
-    """``image`` with its longer side at most ``max_side`` (area averaging, as the letterbox)."""
+def _fit(image: Image.Image, max_side: int | None) -> Image.Image:
+    """``image`` with its longer side at most ``max_side`` (area averaging, as the letterbox).
+    EXIF orientation is kept (the result carries the original's metadata)."""
     target = _reduced_size(*image.size, max_side)
-    return image if target is None else image.resize(target, Image.Resampling.BOX)
+    if target is None:
+        return image
+    fitted = image.resize(target, Image.Resampling.BOX)
+    fitted.info = image.info
+    fitted.getexif().update(image.getexif())
+    return fitted
 
 
 def _too_many_pixels(width: int | None, height: int | None, max_pixels: int) -> str:
