@@ -25,9 +25,13 @@ rule download:
         "../workflow/scripts/download.py"
 
 
+# The local source's files are inputs here too: when one is deleted or edited, the labels are
+# stale even if the download's copy has gone (a failed copy is removed), so convert reruns,
+# which reruns the copy, which names the source file that is missing.
 rule convert:
     input:
         voc=f"{DATASET_DIR}/voc",
+        source=dataset_source_files,
     output:
         directory(f"{DATASET_DIR}/yolo"),
     log:

@@ -239,13 +239,19 @@ def test_snakemake_rejects_bad_config_before_any_job(
     assert matching, f"no line names both {key!r} and the config file:\n{run.describe()}"
 
 
+def _plan_with_command_line_config(
+    snakemake: Callable[..., Any], workflow_copy: Path, tiny_config: Path, value: str
+) -> Any:
+    good = workflow_copy / "good.yaml"
+    good.write_text(tiny_config.read_text(encoding="utf-8"), encoding="utf-8")
+    return snakemake(workflow_copy, "-n", "--cores", "1", "--configfile", good.name,
+                     "--config", value)  # fmt: skip
+
+
 def test_bad_command_line_config_is_named_as_such(
     snakemake: Callable[..., Any], workflow_copy: Path, tiny_config: Path
 ) -> None:
-    good = workflow_copy / "good.yaml"
-    good.write_text(tiny_config.read_text(encoding="utf-8"), encoding="utf-8")
-    run = snakemake(workflow_copy, "-n", "--cores", "1", "--configfile", good.name,
-                    "--config", "foo=1")  # fmt: skip
+    run = _plan_with_command_line_config(snakemake, workflow_copy, tiny_config, "foo=1")
     _nothing_ran(run, workflow_copy)
     matching = [line for line in run.output.splitlines() if "'foo'" in line]
     assert matching and all("good.yaml, --config: " in line for line in matching), run.describe()
@@ -261,3 +267,32 @@ def test_snakemake_rejects_yaml_syntax_error_before_any_job(
     run = snakemake(workflow_copy, "-n", "--cores", "1", "--configfile", bad.name)
     _nothing_ran(run, workflow_copy)
     assert "YAML" in run.output, run.describe()
+
+
+def test_command_line_strings_are_read_as_the_schema_types() -> None:
+    # What Snakemake's --config 'train={...}' hands the workflow: every scalar a string.
+    config = copy.deepcopy(MINIMAL)
+    config["train"] = {"checkpoint_interval_s": "0", "lr0": "1e-3", "workers": "2", "ema": "false"}
+    config["dataset"]["max_images"] = "null"
+    config["dataset"]["classes"] = ["1", "2"]  # class names are strings: left alone
+    validate_config(config)
+    train = config["train"]
+    assert (train["checkpoint_interval_s"], train["lr0"], train["workers"]) == (0, 0.001, 2)
+    assert train["ema"] is False and config["dataset"]["max_images"] is None
+    assert config["dataset"]["classes"] == ["1", "2"]
+    assert config["train"]["device"] == "auto"
+
+
+def test_command_line_string_that_is_no_number_is_still_refused() -> None:
+    config = copy.deepcopy(MINIMAL)
+    config["train"] = {"checkpoint_interval_s": "soon", "workers": "many"}
+    with pytest.raises(DetbenchError, match=r"train\.checkpoint_interval_s: 'soon' is not of type"):
+        validate_config(config)
+
+
+def test_snakemake_reads_numbers_in_a_command_line_mapping(
+    snakemake: Callable[..., Any], workflow_copy: Path, tiny_config: Path
+) -> None:
+    value = "train={checkpoint_interval_s: 0}"
+    run = _plan_with_command_line_config(snakemake, workflow_copy, tiny_config, value)
+    assert run.returncode == 0, run.describe()

@@ -23,6 +23,7 @@ from detbench.data.augment import (
 )
 from detbench.data.dataset import DatasetManifest, DetectionDataset
 from detbench.data.loader import make_train_loader, steps_per_epoch
+from detbench.errors import DetbenchError
 
 
 @pytest.fixture(scope="module")
@@ -279,3 +280,63 @@ def test_augment_is_deterministic_for_a_generator_seed() -> None:
     second = augment(image, boxes, np.array([0]), 64, AugmentSettings(), _rng(5))
     for a, b in zip(first, second, strict=True):
         assert np.array_equal(a, b)
+
+
+# --- a converted dataset whose source files are gone or changed ---------------------------
+
+
+@pytest.fixture
+def local_dataset(synthetic_voc: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A user's VOC folder, the workflow's copy of it and the copy converted, as the data rules
+    leave them: (source, copy, manifest)."""
+    import shutil
+
+    from detbench.data.prepare import convert_dataset, prepare_voc_dataset
+
+    source = shutil.copytree(synthetic_voc, tmp_path / "user-voc")
+    dataset = {"name": "local", "source": str(source), "classes": ["RBC", "WBC", "Platelets"]}
+    dataset.update(train_split="train", eval_split="test")
+    copy = tmp_path / "results/datasets/local/voc"
+    prepare_voc_dataset(dataset, copy)
+    convert_dataset(dataset, copy, tmp_path / "results/datasets/local/yolo")
+    return source, copy, tmp_path / "results/datasets/local/yolo/manifest.json"
+
+
+def test_deleted_source_image_is_named_when_the_copy_is_gone(
+    local_dataset: tuple[Path, Path, Path],
+) -> None:
+    import shutil
+
+    source, copy, manifest_path = local_dataset
+    manifest = DatasetManifest.load(manifest_path)
+    deleted = source / "JPEGImages" / manifest.splits["train"][3]["file"]
+    deleted.unlink()
+    shutil.rmtree(copy)  # what a failed download leaves: no copy at all
+    with pytest.raises(DetbenchError) as info:
+        manifest.records("train")
+    message = str(info.value)
+    assert message.startswith(f"{deleted}: image file does not exist")
+    assert "snakemake --forcerun download" in message and "\n" not in message
+
+
+def test_lost_copy_names_the_copy_and_its_source(local_dataset: tuple[Path, Path, Path]) -> None:
+    source, copy, manifest_path = local_dataset
+    manifest = DatasetManifest.load(manifest_path)
+    name = manifest.splits["test"][0]["file"]
+    (copy / "JPEGImages" / name).unlink()
+    with pytest.raises(DetbenchError) as info:
+        manifest.records("test")
+    message = str(info.value)
+    assert message.startswith(f"{copy / 'JPEGImages' / name}: image file does not exist")
+    assert str(source / "JPEGImages" / name) in message and "--forcerun download" in message
+    assert len(manifest.records("train")) == 8  # other splits' images are all there
+
+
+def test_changed_image_is_refused(local_dataset: tuple[Path, Path, Path]) -> None:
+    _source, copy, manifest_path = local_dataset
+    manifest = DatasetManifest.load(manifest_path)
+    name = manifest.splits["val"][1]["file"]
+    with (copy / "JPEGImages" / name).open("ab") as handle:
+        handle.write(b"\0" * 10)
+    with pytest.raises(DetbenchError, match=r"changed since .* was converted from it"):
+        manifest.records("val")

@@ -139,19 +139,30 @@ def test_missing_dataset_directory_fails_before_any_job(
     assert lines, f"no line names dataset.source, the path and the config:\n{run.describe()}"
 
 
+@pytest.fixture
+def voc_source(synthetic_voc: Path, tmp_path: Path) -> Path:
+    """A user's local VOC folder, writable, outside the workflow."""
+    return shutil.copytree(synthetic_voc, tmp_path / "voc-source")
+
+
+def _local_source_config(workflow_copy: Path, tiny_config: Path, source: Path, name: str) -> str:
+    """The tiny study on ``source`` as dataset ``name``; returns the config's file name."""
+    config = yaml.safe_load(tiny_config.read_text(encoding="utf-8"))
+    config["dataset"].update(name=name, source=str(source))
+    return _write_config(workflow_copy / f"{name}.yaml", config).name
+
+
 def test_unparseable_xml_fails_in_convert_and_keeps_the_download(
     snakemake: Callable[..., Any],
     workflow_copy: Path,
     tiny_config: Path,
     synthetic_voc: Path,
-    tmp_path: Path,
+    voc_source: Path,
 ) -> None:
-    source = shutil.copytree(synthetic_voc, tmp_path / "voc-source")
+    source = voc_source
     broken = sorted((source / "Annotations").glob("*.xml"))[3]
     broken.write_text("<annotation>\n  <object>\n", encoding="utf-8")
-    config = yaml.safe_load(tiny_config.read_text(encoding="utf-8"))
-    config["dataset"].update(name="broken", source=str(source))
-    _write_config(workflow_copy / "broken.yaml", config)
+    _local_source_config(workflow_copy, tiny_config, source, "broken")
 
     run = snakemake(workflow_copy, "--cores", "1", "--configfile", "broken.yaml")
 
@@ -181,6 +192,27 @@ def test_unparseable_xml_fails_in_convert_and_keeps_the_download(
     assert rerun.returncode == 0, rerun.describe()
     assert rerun.job_stats() == {"download": 1, "convert": 1}, rerun.describe()
     assert (dataset / "yolo/manifest.json").is_file()
+
+
+def test_deleted_source_image_after_conversion_refuses_the_dataset(
+    snakemake: Callable[..., Any], workflow_copy: Path, tiny_config: Path, voc_source: Path
+) -> None:
+    source = voc_source
+    config_name = _local_source_config(workflow_copy, tiny_config, source, "local")
+    target = ("results/datasets/local/yolo", "--cores", "1", "--configfile", config_name)
+    assert snakemake(workflow_copy, *target).returncode == 0
+
+    deleted = sorted((source / "JPEGImages").glob("*.jpg"))[2]
+    deleted.unlink()
+    run = snakemake(workflow_copy, *target)
+    assert run.returncode != 0, run.describe()
+    # The copy refuses, naming the user's image, not the workflow's copy or another image.
+    lines = [line for line in run.stderr.splitlines() if deleted.stem in line]
+    assert any(str(source) in line and "missing" in line for line in lines), run.describe()
+    # Not "Nothing to be done": the converted dataset is still planned for a rebuild.
+    plan = snakemake(workflow_copy, "-n", *target)
+    assert plan.returncode == 0 and "Nothing to be done" not in plan.output, plan.describe()
+    assert {"download", "convert"} <= set(plan.job_stats()), plan.describe()
 
 
 # --------------------------------------------------------------------------- end to end

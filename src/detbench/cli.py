@@ -35,6 +35,7 @@ Subparsers = Any  # argparse's _SubParsersAction, which it does not export
 
 
 def add_serve_command(subparsers: Subparsers) -> None:
+    from detbench.web import settings
     from detbench.web.settings import COCO_IMG_SIZE, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB
 
     parser = subparsers.add_parser(
@@ -91,6 +92,38 @@ def add_serve_command(subparsers: Subparsers) -> None:
         metavar="N",
         help=f"largest image accepted, width x height (default {DEFAULT_MAX_PIXELS:,})",
     )
+    parser.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=settings.DEFAULT_CONCURRENCY,
+        metavar="N",
+        help="uploads decoded and detected at once; peak memory grows with it (default "
+        f"{settings.DEFAULT_CONCURRENCY})",
+    )
+    parser.add_argument(
+        "--queue-timeout",
+        type=_positive_float,
+        default=settings.DEFAULT_QUEUE_TIMEOUT_S,
+        metavar="S",
+        help="seconds a request waits for a free slot before it gets 503 (default "
+        f"{settings.DEFAULT_QUEUE_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=settings.DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help="open connections held at once, more wait in the listen backlog (default "
+        f"{settings.DEFAULT_MAX_CONNECTIONS})",
+    )
+    parser.add_argument(
+        "--max-decode-side",
+        type=_positive_int,
+        default=settings.DEFAULT_MAX_DECODE_SIDE,
+        metavar="PX",
+        help="larger uploads are decoded reduced to this longer side (default "
+        f"{settings.DEFAULT_MAX_DECODE_SIDE})",
+    )
     parser.set_defaults(handler=run_serve)
 
 
@@ -116,35 +149,63 @@ def serve_config(args: argparse.Namespace) -> WebConfig:
         device=args.device,
         max_upload_mb=args.max_upload_mb,
         max_pixels=args.max_pixels,
+        max_decode_side=args.max_decode_side,
+        concurrency=args.concurrency,
+        queue_timeout_s=args.queue_timeout,
+        max_connections=args.max_connections,
     )
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from werkzeug.serving import make_server
-
     from detbench.web.app import create_app
 
-    app = create_app(serve_config(args))
-    try:
-        # Threaded: uploads and decoding proceed in parallel; each model runs one image at a
-        # time (see detbench.web.registry.ServedModel).
-        server = make_server(args.host, args.port, app, threaded=True)
-    except OSError as error:
-        raise DetbenchError(
-            f"--host/--port: cannot listen on {args.host}:{args.port} ({error.strerror})"
-        ) from None
+    config = serve_config(args)
+    server = make_wsgi_server(create_app(config), args.host, args.port, config)
     if threading.current_thread() is threading.main_thread():
         # Kubernetes and Docker stop a container with SIGTERM: leave as on Ctrl-C (exit 0).
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
     shown_host = f"[{args.host}]" if ":" in args.host else args.host
-    log.info("serving on http://%s:%d/ (Ctrl-C to stop)", shown_host, server.server_port)
+    log.info(
+        "serving on http://%s:%d/ with waitress, %d uploads at a time (Ctrl-C to stop)",
+        shown_host,
+        server.effective_port,
+        config.concurrency,
+    )
     try:
-        server.serve_forever()
+        server.run()
     except KeyboardInterrupt:
         log.info("stopped")
     finally:
-        server.server_close()
+        server.close()
     return 0
+
+
+def make_wsgi_server(app: Any, host: str, port: int, config: WebConfig) -> Any:
+    """A waitress server for ``app`` (a production WSGI server, unlike werkzeug's).
+
+    Threads: the detection slots plus two, so the page and /healthz answer while every slot
+    is busy. Request bodies stay in memory (the container's file system is read-only) and
+    are capped just above the app's upload limit, which answers 413 itself.
+    """
+    from waitress.server import create_server
+
+    body_limit = config.max_upload_bytes + 1024 * 1024  # room for the multipart framing
+    try:
+        return create_server(
+            app,
+            host=host,
+            port=port,
+            threads=config.concurrency + 2,
+            connection_limit=config.max_connections,
+            max_request_body_size=body_limit,
+            inbuf_overflow=body_limit,
+            ident="detbench",
+            clear_untrusted_proxy_headers=True,
+        )
+    except OSError as error:
+        raise DetbenchError(
+            f"--host/--port: cannot listen on {host}:{port} ({error.strerror})"
+        ) from None
 
 
 def _stop_on_sigterm(signum: int, frame: object) -> None:

@@ -125,6 +125,7 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
     """
     if not isinstance(config, dict):
         raise DetbenchError(f"{source}: the configuration must be a mapping of keys to values")
+    _coerce_strings(config, load_schema())
     validator = _validator_with_defaults()
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
@@ -136,6 +137,60 @@ def validate_config(config: dict[str, Any], source: str = "config") -> dict[str,
         raise DetbenchError(f"{source}: key {_key_path(error)}: {message}")
     _check_cross_field_rules(config, source)
     return config
+
+
+# Snakemake reads the inside of a --config value such as `train={checkpoint_interval_s: 0}` with
+# YAML's BaseLoader, which leaves every scalar a string: read them as the schema's type.
+_BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+_NULL_WORDS = ("null", "Null", "NULL", "~")
+
+
+def _scalar_types(schema: Mapping[str, Any], text: str) -> set[str]:
+    """The types ``schema`` (and its oneOf/anyOf branches) allows; "string" only where the
+    branch would accept ``text`` as it is (``workers: auto`` stays a string, ``2`` does not)."""
+    types: set[str] = set()
+    for branch in [schema, *schema.get("oneOf", []), *schema.get("anyOf", [])]:
+        declared = branch.get("type", [])
+        declared = {declared} if isinstance(declared, str) else set(declared)
+        if "string" in declared and "enum" in branch and text not in branch["enum"]:
+            declared.discard("string")
+        types |= declared
+    return types
+
+
+def _coerce_scalar(text: str, schema: Mapping[str, Any]) -> Any:
+    """``text`` as the first of the schema's non-string types it spells, else unchanged."""
+    types = _scalar_types(schema, text)
+    if "string" in types:
+        return text
+    if "null" in types and text in _NULL_WORDS:
+        return None
+    if "boolean" in types and text.lower() in _BOOLEAN_WORDS:
+        return _BOOLEAN_WORDS[text.lower()]
+    parsers = [int] if "integer" in types else []
+    parsers += [int, float] if "number" in types else []
+    for parse in parsers:
+        try:
+            return parse(text)
+        except ValueError:
+            continue
+    return text
+
+
+def _coerce_strings(instance: Any, schema: Mapping[str, Any]) -> Any:
+    """Replace, in place, string values where ``schema`` wants a number, boolean or null."""
+    if isinstance(instance, str):
+        return _coerce_scalar(instance, schema)
+    if isinstance(instance, dict):
+        properties = schema.get("properties", {})
+        additional = schema.get("additionalProperties")
+        for key, value in instance.items():
+            sub = properties.get(key, additional if isinstance(additional, dict) else None)
+            if sub is not None:
+                instance[key] = _coerce_strings(value, sub)
+    elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        instance[:] = [_coerce_strings(item, schema["items"]) for item in instance]
+    return instance
 
 
 def _check_cross_field_rules(config: Mapping[str, Any], source: str) -> None:

@@ -24,3 +24,13 @@ def read_json(path: Path, *, missing: str) -> Any:
         raise DetbenchError(f"{path}: {missing}") from None
     except json.JSONDecodeError as exc:
         raise DetbenchError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+
+
+class FileProblem(DetbenchError):
+    """A DetbenchError about one file, keeping the file and the problem apart so that a caller
+    can collect many (conversion lists every bad file of a dataset at once)."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = Path(path)
+        self.problem = problem

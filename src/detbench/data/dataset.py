@@ -92,8 +92,15 @@ class DatasetManifest:
         if split not in self.splits:
             known = ", ".join(sorted(self.splits))
             raise DetbenchError(f"{self.path}: no split {split!r} (the manifest has: {known})")
+        from detbench.data.integrity import MadeFrom
         from detbench.data.voc import load_yolo_labels
 
+        made_from = MadeFrom.from_manifest(self.path, self.raw)
+        if made_from is not None:
+            # Before decoding anything: a dataset whose source copy is gone or differs is
+            # refused naming the user's file, not a decode error on the workflow's copy.
+            image_dir = self.image_dir.name
+            made_from.check([f"{image_dir}/{entry['file']}" for entry in self.splits[split]])
         return [
             ImageRecord(
                 id=entry["id"],

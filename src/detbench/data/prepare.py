@@ -103,6 +103,8 @@ def convert_dataset(dataset: Mapping[str, Any], voc_dir: Path, out_dir: Path) ->
                 class_names=list(dataset["classes"]),
                 splits=splits_to_convert(dataset, voc_dir),
                 dataset_name=str(dataset["name"]),
+                on_bad_image=str(dataset.get("on_bad_image", "error")),
+                origin=source_directory(dataset),
             )
         except DetbenchError as error:
             source = source_directory(dataset)
@@ -114,6 +116,8 @@ def convert_dataset(dataset: Mapping[str, Any], voc_dir: Path, out_dir: Path) ->
         log.info("%s: %d images, boxes %s", split, counts["images"], counts["boxes"])
     if manifest["dropped_boxes"]:
         log.info("dropped %d degenerate boxes", len(manifest["dropped_boxes"]))
+    for item in manifest.get("skipped_images", []):
+        log.warning("skipped %s: %s", item["file"], item["problem"])
     return manifest
 
 

@@ -15,18 +15,19 @@ from __future__ import annotations
 
 import math
 import shutil
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 from xml.etree import ElementTree as ET
 
-import cv2
+import defusedxml
+import defusedxml.ElementTree
 import numpy as np
 
 from detbench.atomic import atomic_directory, write_json
-from detbench.errors import DetbenchError
+from detbench.data.integrity import decode_image_file, record_files
+from detbench.errors import DetbenchError, FileProblem
 
 IMAGE_DIR = "JPEGImages"
 ANNOTATION_DIR = "Annotations"
@@ -72,6 +73,22 @@ class DroppedBox:
 
     def to_json(self) -> dict[str, str]:
         return {"file": self.file, "class": self.class_name, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class BadFile:
+    """An image or annotation left out of the dataset (``dataset.on_bad_image: skip``)."""
+
+    file: str  # relative to the dataset root
+    problem: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"file": self.file, "problem": self.problem}
+
+
+BAD_IMAGE_POLICIES = ("error", "skip")
+# An error lists this many bad files, then how many more there are.
+MAX_LISTED_BAD_FILES = 20
 
 
 # --- the VOC layout -----------------------------------------------------------------------
@@ -171,13 +188,13 @@ def _text(element: ET.Element, tag: str) -> str | None:
 def _number(xml_path: Path, element: ET.Element, tag: str, where: str) -> float:
     text = _text(element, tag)
     if text is None:
-        raise DetbenchError(f"{xml_path}: {where}<{tag}> is missing or empty")
+        raise FileProblem(xml_path, f"{where}<{tag}> is missing or empty")
     try:
         value = float(text)
     except ValueError:
-        raise DetbenchError(f"{xml_path}: {where}<{tag}> is not a number: {text!r}") from None
+        raise FileProblem(xml_path, f"{where}<{tag}> is not a number: {text!r}") from None
     if not math.isfinite(value):
-        raise DetbenchError(f"{xml_path}: {where}<{tag}> is not finite: {text!r}")
+        raise FileProblem(xml_path, f"{where}<{tag}> is not finite: {text!r}")
     return value
 
 
@@ -187,7 +204,7 @@ def _flag(xml_path: Path, element: ET.Element, tag: str, where: str) -> int:
         return 0
     value = _number(xml_path, element, tag, where)
     if value not in (0, 1):
-        raise DetbenchError(f"{xml_path}: {where}<{tag}> must be 0 or 1, got {value:g}")
+        raise FileProblem(xml_path, f"{where}<{tag}> must be 0 or 1, got {value:g}")
     return int(value)
 
 
@@ -199,7 +216,7 @@ def _size(xml_path: Path, root: ET.Element) -> tuple[int, int]:
     for tag in ("width", "height"):
         value = _number(xml_path, size, tag, "<size>")
         if value < 0 or value != int(value):
-            raise DetbenchError(f"{xml_path}: <size><{tag}> must be a whole number >= 0")
+            raise FileProblem(xml_path, f"<size><{tag}> must be a whole number >= 0")
         dims.append(int(value))
     return dims[0], dims[1]
 
@@ -212,14 +229,22 @@ def parse_voc_annotation(xml_path: Path) -> VocAnnotation:
     """
     xml_path = Path(xml_path)
     try:
-        root = ET.parse(xml_path).getroot()
+        # defusedxml refuses any DTD before expat expands an entity, so an entity bomb or an
+        # external entity is refused here whatever the machine's libexpat guards against.
+        root = defusedxml.ElementTree.parse(xml_path, forbid_dtd=True).getroot()
+    except defusedxml.DefusedXmlException:
+        raise FileProblem(
+            xml_path,
+            "refused: the XML declares a DTD (<!DOCTYPE ...>), whose entities can expand "
+            "without bound or read other files; VOC annotations have none",
+        ) from None
     except FileNotFoundError:
-        raise DetbenchError(f"{xml_path}: annotation file does not exist") from None
+        raise FileProblem(xml_path, "annotation file does not exist") from None
     except ET.ParseError as exc:
         detail = " ".join(str(exc).split())  # keep the message on one line
-        raise DetbenchError(f"{xml_path}: not well-formed XML ({detail})") from None
+        raise FileProblem(xml_path, f"not well-formed XML ({detail})") from None
     if root.tag != "annotation":
-        raise DetbenchError(f"{xml_path}: root element is <{root.tag}>, expected <annotation>")
+        raise FileProblem(xml_path, f"root element is <{root.tag}>, expected <annotation>")
 
     width, height = _size(xml_path, root)
     objects = []
@@ -227,67 +252,15 @@ def parse_voc_annotation(xml_path: Path) -> VocAnnotation:
         where = f"<object> #{number} "
         name = _text(element, "name")
         if name is None:
-            raise DetbenchError(f"{xml_path}: {where}<name> is missing or empty")
+            raise FileProblem(xml_path, f"{where}<name> is missing or empty")
         box = element.find("bndbox")
         if box is None:
-            raise DetbenchError(f"{xml_path}: {where}({name}) has no <bndbox>")
+            raise FileProblem(xml_path, f"{where}({name}) has no <bndbox>")
         coords = [_number(xml_path, box, tag, f"{where}<bndbox>") for tag in _BOX_TAGS]
         truncated = _flag(xml_path, element, "truncated", where)
         difficult = _flag(xml_path, element, "difficult", where)
         objects.append(VocObject(name, *coords, truncated, difficult))
     return VocAnnotation(_text(root, "filename") or "", width, height, objects)
-
-
-# --- image size from the file header ------------------------------------------------------
-
-# JPEG start-of-frame markers carry the size: C0-CF except C4 (DHT), C8 (JPG), CC (DAC).
-_JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    pos = 2  # after SOI
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # stand-alone markers have no length
-            pos += 2
-            continue
-        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
-        if marker in _JPEG_SOF_MARKERS:
-            if pos + 9 > len(data):
-                return None
-            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
-            return width, height
-        pos += 2 + length
-    return None
-
-
-def read_image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of an image file.
-
-    JPEG and PNG sizes come from the header (the first 64 KiB), which is ~100x faster than
-    decoding; other formats, or a header this parser does not understand, fall back to OpenCV.
-    """
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(65536)
-    except FileNotFoundError:
-        raise DetbenchError(f"{path}: image does not exist") from None
-    size = None
-    if head[:2] == b"\xff\xd8":
-        size = _jpeg_size(head)
-    elif head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
-        size = struct.unpack(">II", head[16:24])
-    if size is None or min(size) <= 0:
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if image is None:
-            raise DetbenchError(f"{path}: not a readable image")
-        size = (image.shape[1], image.shape[0])
-    return int(size[0]), int(size[1])
 
 
 # --- conversion ---------------------------------------------------------------------------
@@ -322,14 +295,15 @@ def _convert_image(
     xml_rel = f"{ANNOTATION_DIR}/{stem}.xml"
     annotation = parse_voc_annotation(xml_path)
     image_path = voc_dir / IMAGE_DIR / image_file
-    width, height = read_image_size(image_path)
+    width, height = decode_image_file(image_path)
     # A 0 in <size> means "unknown" (some tools write it); any other disagreement means the
     # boxes were drawn on a different image, so normalising by either size would be wrong.
     xml_size = (annotation.width, annotation.height)
     if 0 not in xml_size and xml_size != (width, height):
-        raise DetbenchError(
-            f"{xml_path}: <size> says {annotation.width}x{annotation.height} "
-            f"but {image_path} is {width}x{height}"
+        raise FileProblem(
+            xml_path,
+            f"<size> says {annotation.width}x{annotation.height} "
+            f"but {image_path} is {width}x{height}",
         )
 
     lines, ids, dropped, clipped = [], [], [], 0
@@ -337,8 +311,8 @@ def _convert_image(
         if obj.name not in class_ids:
             if not ignore_unknown_classes:
                 known = ", ".join(class_ids)
-                raise DetbenchError(
-                    f"{xml_path}: unknown class {obj.name!r} (expected one of: {known})"
+                raise FileProblem(
+                    xml_path, f"unknown class {obj.name!r} (expected one of: {known})"
                 )
             dropped.append(DroppedBox(xml_rel, obj.name, "class not in class_names"))
             continue
@@ -388,6 +362,50 @@ def _read_splits(voc_dir: Path, splits: Sequence[str]) -> dict[str, list[str]]:
     return result
 
 
+def _convert_all(
+    voc_dir: Path,
+    stems_by_split: dict[str, list[str]],
+    images: dict[str, str],
+    class_ids: dict[str, int],
+    ignore_unknown_classes: bool,
+) -> tuple[dict[str, _ConvertedImage], dict[str, BadFile]]:
+    """Convert every listed image once; the bad ones are collected, not raised, so a user
+    fixing a dataset sees all its problems in one run."""
+    converted: dict[str, _ConvertedImage] = {}  # by stem; an image in two splits is done once
+    bad: dict[str, BadFile] = {}
+    for split, stems in stems_by_split.items():
+        _check_listed_stems(voc_dir, voc_dir / IMAGESET_DIR / f"{split}.txt", stems, images)
+        for stem in stems:
+            if stem in converted or stem in bad:
+                continue
+            try:
+                converted[stem] = _convert_image(
+                    voc_dir, stem, images[stem], class_ids, ignore_unknown_classes
+                )
+            except FileProblem as problem:
+                bad[stem] = BadFile(_relative(problem.path, voc_dir), problem.problem)
+    return converted, bad
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _bad_files_message(voc_dir: Path, bad: list[BadFile]) -> str:
+    """One header line, then one line per bad file (the first MAX_LISTED_BAD_FILES)."""
+    lines = [
+        f"{voc_dir}: {len(bad)} bad image or annotation file(s); fix them, or set "
+        "dataset.on_bad_image: skip to train without them:"
+    ]
+    lines += [f"  {voc_dir / item.file}: {item.problem}" for item in bad[:MAX_LISTED_BAD_FILES]]
+    if len(bad) > MAX_LISTED_BAD_FILES:
+        lines.append(f"  ... and {len(bad) - MAX_LISTED_BAD_FILES} more")
+    return "\n".join(lines)
+
+
 def convert_voc_to_yolo(
     voc_dir: Path,
     out_dir: Path,
@@ -396,11 +414,18 @@ def convert_voc_to_yolo(
     splits: Sequence[str] = ("train", "val", "test"),
     dataset_name: str,
     ignore_unknown_classes: bool = False,
+    on_bad_image: str = "error",
+    origin: Path | None = None,
 ) -> dict[str, Any]:
     """Write YOLO labels to ``out_dir/labels/<stem>.txt`` and ``out_dir/manifest.json``.
 
     Returns the manifest. Boxes are clipped to the image; degenerate boxes (and, with
     ``ignore_unknown_classes``, boxes of other classes) are dropped and listed in it.
+
+    Every image is decoded and every annotation parsed; with ``on_bad_image="error"`` all the
+    bad ones are listed in one DetbenchError, with ``"skip"`` they are left out and listed in
+    the manifest (``skipped_images``). The manifest records the files the labels were made
+    from (``source_files``, with sizes) and, as ``origin``, the user's copy of them.
 
     Everything is read and checked before anything is written. ``labels/`` is replaced
     atomically, then ``manifest.json`` is written atomically last, so a manifest always
@@ -409,6 +434,8 @@ def convert_voc_to_yolo(
     voc_dir, out_dir = Path(voc_dir), Path(out_dir)
     if len(set(class_names)) != len(class_names) or not class_names:
         raise DetbenchError(f"class_names: must be non-empty and unique, got {list(class_names)}")
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise DetbenchError(f"on_bad_image: one of {BAD_IMAGE_POLICIES}, not {on_bad_image!r}")
     if len(set(splits)) != len(splits) or not splits:
         raise DetbenchError(f"splits: must be non-empty and unique, got {list(splits)}")
     _require_dir(voc_dir, "dataset directory")
@@ -419,29 +446,32 @@ def convert_voc_to_yolo(
     stems_by_split = _read_splits(voc_dir, splits)
     images = _index_images(voc_dir / IMAGE_DIR)
 
-    converted: dict[str, _ConvertedImage] = {}  # by stem; an image in two splits is done once
+    converted, bad = _convert_all(
+        voc_dir, stems_by_split, images, class_ids, ignore_unknown_classes
+    )
+    if bad and on_bad_image == "error":
+        raise DetbenchError(_bad_files_message(voc_dir, list(bad.values())))
     manifest_splits: dict[str, list[dict[str, Any]]] = {}
     counts: dict[str, dict[str, Any]] = {}
     for split, stems in stems_by_split.items():
-        split_file = voc_dir / IMAGESET_DIR / f"{split}.txt"
-        _check_listed_stems(voc_dir, split_file, stems, images)
+        kept = [stem for stem in stems if stem in converted]
         box_counts = dict.fromkeys(class_names, 0)
-        entries = []
-        for stem in stems:
-            if stem not in converted:
-                converted[stem] = _convert_image(
-                    voc_dir, stem, images[stem], class_ids, ignore_unknown_classes
-                )
-            image = converted[stem]
-            entries.append(image.entry)
-            for class_id in image.class_ids:
+        for stem in kept:
+            for class_id in converted[stem].class_ids:
                 box_counts[class_names[class_id]] += 1
-        manifest_splits[split] = entries
-        counts[split] = {"images": len(stems), "boxes": box_counts}
+        manifest_splits[split] = [converted[stem].entry for stem in kept]
+        counts[split] = {"images": len(kept), "boxes": box_counts}
+        if on_bad_image == "skip":
+            counts[split]["skipped"] = len(stems) - len(kept)
     dropped = [box for image in converted.values() for box in image.dropped]
     clipped = sum(image.clipped for image in converted.values())
 
     voc_root = voc_dir.resolve()
+    made_from = [
+        rel
+        for stem, image in converted.items()
+        for rel in (f"{IMAGE_DIR}/{image.entry['file']}", f"{ANNOTATION_DIR}/{stem}.xml")
+    ]
     manifest = {
         "dataset": dataset_name,
         "class_names": list(class_names),
@@ -452,6 +482,10 @@ def convert_voc_to_yolo(
         "dropped_boxes": [box.to_json() for box in dropped],
         "clipped_boxes": clipped,
         "source": str(voc_root),
+        "origin": str(Path(origin).resolve()) if origin is not None else str(voc_root),
+        "on_bad_image": on_bad_image,
+        "skipped_images": [item.to_json() for item in bad.values()],
+        "source_files": [f.to_json() for f in record_files(voc_root, made_from)],
     }
     with atomic_directory(out_dir / LABEL_DIR) as tmp:
         for stem, image in converted.items():

@@ -50,6 +50,14 @@ def dataset_document(manifest: dict[str, Any], dataset: dict[str, Any]) -> Docum
     document.note(
         f"Conversion: {dropped} degenerate boxes dropped, {clipped} boxes clipped to the image."
     )
+    skipped = manifest.get("skipped_images", [])
+    if skipped:
+        # dataset.on_bad_image: skip; the reader must know the cells trained on fewer images.
+        names = "; ".join(f"{item['file']} ({item['problem']})" for item in skipped[:10])
+        more = f"; and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        document.note(
+            f"Skipped {len(skipped)} bad images (dataset.on_bad_image: skip): {names}{more}."
+        )
     return document
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import threading
 import time
 from typing import IO, Any
 
@@ -20,7 +21,7 @@ from werkzeug.exceptions import HTTPException
 from detbench.device import select_device
 from detbench.errors import DetbenchError
 from detbench.web.draw import annotate, png_data_url
-from detbench.web.images import ImageRejected, decode_image
+from detbench.web.images import ImageRejected, decode_upload
 from detbench.web.registry import (
     BLOOD_CELL_CLASSES,
     MODEL_KEYS,
@@ -67,6 +68,8 @@ def create_app(config: WebConfig, registry: ModelRegistry | None = None) -> Flas
     app.request_class = InMemoryRequest
     app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes
     app.extensions["detbench"] = {"config": config, "registry": registry}
+    # Decoding and inference hold most of a request's memory: at most `concurrency` at once.
+    slots = threading.BoundedSemaphore(config.concurrency)
 
     @app.after_request
     def security_headers(response: Any) -> Any:
@@ -114,50 +117,35 @@ def create_app(config: WebConfig, registry: ModelRegistry | None = None) -> Flas
         upload = request.files.get("image")
         if upload is None:
             raise ApiError(400, "no file in the form field 'image'")
-        try:
-            image = decode_image(upload.read(), config.max_pixels)
-        except ImageRejected as error:
-            raise ApiError(400, f"image: {error}") from None
-        prediction = served.predict(image, confidence, config.inference)
-        body: dict[str, Any] = {
-            "model": key,
-            "architecture": served.architecture,
-            "width": prediction.width,
-            "height": prediction.height,
-            "confidence": confidence,
-            "nms_iou": served.nms_iou_for(config.inference),
-            "detections": prediction.detection_list(),
-            "counts": prediction.counts(),
-            "inference_ms": round(prediction.inference_ms, 2),
-        }
-        if _truthy(request.form.get("annotate")):
-            labels = [
-                f"{label} {score:.2f}"
-                for label, score in zip(
-                    prediction.labels(), prediction.detections.scores, strict=True
-                )
-            ]
-            drawn = annotate(
-                image, prediction.detections.boxes, labels, prediction.detections.classes
+        if not slots.acquire(timeout=config.queue_timeout_s):
+            raise ApiError(
+                503,
+                f"server busy: {config.concurrency} images are being processed and others "
+                f"waited {config.queue_timeout_s:g} s; try again in a moment",
             )
-            body["annotated_image"] = png_data_url(drawn)
-            body["annotated_size"] = [drawn.shape[1], drawn.shape[0]]
+        try:
+            body = _detect(upload.read(), key, served, confidence, config)
+        finally:
+            slots.release()
         body["total_ms"] = round((time.perf_counter() - started) * 1000, 2)
         log.info(
             "%s on %dx%d at confidence %g: %d detections, inference %.0f ms, total %.0f ms",
             key,
-            prediction.width,
-            prediction.height,
+            body["width"],
+            body["height"],
             confidence,
-            len(prediction.detections),
-            prediction.inference_ms,
+            len(body["detections"]),
+            body["inference_ms"],
             body["total_ms"],
         )
         return jsonify(body)
 
     @app.errorhandler(ApiError)
     def api_error(error: ApiError) -> Any:
-        return jsonify({"error": error.message}), error.status
+        response = jsonify({"error": error.message})
+        if error.status == 503:
+            response.headers["Retry-After"] = "5"
+        return response, error.status
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Any:
@@ -174,6 +162,41 @@ def create_app(config: WebConfig, registry: ModelRegistry | None = None) -> Flas
         return error
 
     return app
+
+
+def _detect(
+    data: bytes, key: str, served: Any, confidence: float, config: WebConfig
+) -> dict[str, Any]:
+    """Decode one upload (reduced when large), detect, and build the JSON answer."""
+    try:
+        image = decode_upload(data, config.max_pixels, config.max_decode_side)
+    except ImageRejected as error:
+        raise ApiError(400, f"image: {error}") from None
+    seen = served.predict(image.pixels, confidence, config.inference)
+    prediction = seen.in_size(image.width, image.height)
+    body: dict[str, Any] = {
+        "model": key,
+        "architecture": served.architecture,
+        "width": prediction.width,
+        "height": prediction.height,
+        "confidence": confidence,
+        "nms_iou": served.nms_iou_for(config.inference),
+        "detections": prediction.detection_list(),
+        "counts": prediction.counts(),
+        "inference_ms": round(prediction.inference_ms, 2),
+    }
+    if image.scale != 1.0:
+        body["decoded_size"] = [seen.width, seen.height]
+    if _truthy(request.form.get("annotate")):
+        labels = [
+            f"{label} {score:.2f}"
+            for label, score in zip(seen.labels(), seen.detections.scores, strict=True)
+        ]
+        # Drawn on the decoded pixels: a 5000 px upload is annotated at max_decode_side.
+        drawn = annotate(image.pixels, seen.detections.boxes, labels, seen.detections.classes)
+        body["annotated_image"] = png_data_url(drawn)
+        body["annotated_size"] = [drawn.shape[1], drawn.shape[0]]
+    return body
 
 
 def resolve_device(requested: str) -> torch.device:

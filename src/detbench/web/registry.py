@@ -84,6 +84,14 @@ class Prediction:
     def labels(self) -> list[str]:
         return [self.class_names[int(c)] for c in self.detections.classes]
 
+    def in_size(self, width: int, height: int) -> Prediction:
+        """The same detections in an image of ``width`` x ``height`` (the upload's own size,
+        when the model saw it decoded reduced)."""
+        sx, sy = width / self.width, height / self.height
+        boxes = self.detections.boxes * np.array([sx, sy, sx, sy])
+        found = Detections(boxes, self.detections.scores, self.detections.classes)
+        return dataclasses.replace(self, width=width, height=height, detections=found)
+
     def counts(self) -> dict[str, int]:
         """Detections per class, in the model's class order, classes with none left out."""
         found = Counter(self.labels())

@@ -12,6 +12,16 @@ DEFAULT_MAX_UPLOAD_MB = 16.0
 # 25 megapixels: a 6000x4000 camera image. Decoded it is 75 MB of RGB, and a request holds a few
 # copies of it at most, so a burst of requests stays within a small server's memory.
 DEFAULT_MAX_PIXELS = 25_000_000
+# Longer side an upload is decoded at (larger ones are decoded reduced): 4x the BCCD model's
+# 416 px input, so the letterbox still averages down; a decoded image is then at most ~8 MB.
+DEFAULT_MAX_DECODE_SIDE = 1664
+# Uploads decoded and run through a model at once; more wait for up to the queue timeout, then
+# get 503. Peak memory is base + this many decodes (see the README's "Serving" section).
+DEFAULT_CONCURRENCY = 2
+DEFAULT_QUEUE_TIMEOUT_S = 20.0
+# Open connections the server holds (their request bodies are in memory); more wait in the
+# kernel's listen backlog until one closes.
+DEFAULT_MAX_CONNECTIONS = 32
 DEFAULT_CONFIDENCE = 0.25
 # Below this, an untrained model can send every anchor x class through NMS (slow, useless).
 MIN_CONFIDENCE = 0.001
@@ -42,6 +52,10 @@ class WebConfig:
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
     max_pixels: int = DEFAULT_MAX_PIXELS
     default_confidence: float = DEFAULT_CONFIDENCE
+    max_decode_side: int = DEFAULT_MAX_DECODE_SIDE
+    concurrency: int = DEFAULT_CONCURRENCY
+    queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
     inference: InferenceSettings = dataclasses.field(default_factory=InferenceSettings)
 
     @property
