@@ -14,6 +14,13 @@ rule aggregate:
             labels={"table": "summary"},
         ),
         columns="results/summary.columns.json",
+        stats=report(
+            "results/summary_stats.csv",
+            caption="../report/summary_stats.rst",
+            category="Accuracy",
+            labels={"table": "summary statistics over repeats"},
+        ),
+        stats_columns="results/summary_stats.columns.json",
     log:
         "results/logs/aggregate.log",
     conda:

@@ -111,7 +111,8 @@ def train_inputs(wildcards):
 
 def train_config(wildcards):
     """What a cell's training depends on (detbench.planning): a change retrains it."""
-    return planning.train_params(config, wildcards.model)
+    repeat = cells.repeat_from_suffix(wildcards.repeat_suffix)
+    return planning.train_params(config, wildcards.model, repeat)
 
 
 def evaluate_config(wildcards):

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -278,7 +279,10 @@ def test_cells_of_another_dataset_or_image_size_are_not_compared() -> None:
         "synthetic at 128 px" in text
     sentences = findings.platform_speed(frame, ["a", "b", T4])
     assert sentences[0].startswith("a vs b: 1 cell finished on both but not compared")
-    assert sentences[1].startswith(f"yolov3, a vs {T4} (process user CPU time, 1 cell on both)")
+    assert sentences[1].startswith(
+        f"yolov3, a vs {T4} (process user CPU time, 1 cell on both, n = 1 run per cell on each: "
+        "single runs, no spread)"
+    )
 
 
 def test_one_measured_platform_says_only_one_platform_is_present() -> None:
@@ -310,7 +314,7 @@ def test_findings_state_the_model_speed_with_numbers() -> None:
 
 def test_findings_platform_speed_per_model() -> None:
     [sentence] = findings.platform_speed(two_platforms(), ["a", "b"])
-    assert "yolov3, a vs b (train wall time, 2 cells on both)" in sentence
+    assert "yolov3, a vs b (train wall time, 2 cells on both, n = 1 run per cell" in sentence
     assert "a was faster in 1, b in 1" in sentence
     assert "median time ratio a/b = 1.75 (range 0.50–3.00)" in sentence
     assert "Largest gap at batch 8, 2 epochs: b took 3.00× less time (10.0 s vs 30.0 s)" in sentence
@@ -599,3 +603,54 @@ def test_second_platform_turns_the_comparison_on(
     report = snakemake(workdir, "--report", "report.html", "--configfile", str(tiny_config))
     assert report.returncode == 0, report.describe()
     assert "other-cpu_yolov3.html" in (workdir / "report.html").read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- repeats
+
+
+def repeated_platforms(noise_a: float, noise_b: float, n: int = 5) -> pd.DataFrame:
+    """Platform a 10% faster than b on one cell, every run a row of its own."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for platform, mean, noise in (("a", 90.0, noise_a), ("b", 100.0, noise_b)):
+        times = mean * np.exp(rng.normal(0.0, noise, n))
+        for repeat, seconds in enumerate(times):
+            rows.append(
+                summary_row(platform, "yolov3", 8, 2, repeat=repeat, train_time_s=seconds,
+                            map50=0.5 + 0.01 * repeat)
+            )
+    return frame_of(rows)
+
+
+def test_repeats_are_one_cell_with_their_mean_and_runs() -> None:
+    frame = repeated_platforms(0.01, 0.01)
+    assert len(frame) == 2 and list(frame["n"]) == [5, 5]
+    a = frame[frame["platform"] == "a"].iloc[0]
+    assert a["train_time_s"] == pytest.approx(np.mean(a["train_time_s_runs"]))
+    assert a["map50"] == pytest.approx(0.52)
+
+
+def test_comparison_says_faster_only_when_the_interval_excludes_one() -> None:
+    cells = comparison.compare_cells(repeated_platforms(0.01, 0.01), ["a", "b"])
+    [cell] = cells.to_dict("records")
+    assert (cell["n_a"], cell["n_b"]) == (5, 5)
+    assert cell["time_verdict"] == "a faster"
+    assert cell["time_ratio_ci_low"] < cell["time_ratio_a_over_b"] < cell["time_ratio_ci_high"] < 1
+    assert cell["map50_verdict"] == "no detectable difference"  # the same mAPs on both
+    noisy = comparison.compare_cells(repeated_platforms(0.2, 0.2), ["a", "b"]).iloc[0]
+    assert noisy["time_verdict"] == "no detectable difference"
+    document = comparison.comparison_document(repeated_platforms(0.01, 0.01), ["a", "b"])
+    markdown = document.to_markdown()
+    assert "Over the repeats: is the difference real?" in markdown
+    assert "| yolov3 | 8 | 2 | 5 | 5 |" in markdown and "a faster" in markdown
+
+
+def test_findings_state_n_and_only_supported_differences() -> None:
+    [sentence] = findings.platform_speed(repeated_platforms(0.01, 0.01), ["a", "b"])
+    assert "n = 5 and 5 runs per cell" in sentence
+    assert "a faster in 1, b faster in 0 (95% interval of the time ratio excluding 1)" in sentence
+    [noisy] = findings.platform_speed(repeated_platforms(0.2, 0.2), ["a", "b"])
+    assert "no detectable difference in 1" in noisy and "a faster in 0" in noisy
+    [steady] = findings.consistency(repeated_platforms(0.005, 0.2, n=8), ["a", "b"])
+    assert steady.startswith("yolov3 batch 8, 2 epochs: a ran more consistently than b (CV ")
+    assert "n = 8 and 8" in steady

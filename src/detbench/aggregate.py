@@ -10,14 +10,16 @@ without retraining anything.
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from detbench import atomic, cells
+from detbench.cell_stats import stats_columns, write_cell_stats
 from detbench.cells import METRICS, RUN_RECORD, Cell
+from detbench.csv_table import csv_text
 from detbench.errors import DetbenchError, read_json
+from detbench.timing import BREAKDOWN_COLUMNS
 
 # Column name -> what it holds (units, split, threshold). Written beside the summary.
 COLUMNS: dict[str, str] = {
@@ -26,15 +28,21 @@ COLUMNS: dict[str, str] = {
     "model": "yolov3 or yolov3-tiny",
     "batch": "training batch size (images)",
     "epochs": "training epochs",
+    "repeat": "which run of the cell (0, 1, ...; config repeats)",
+    "seed": "seed the run trained with (seed + repeat, or seed with repeat_seed fixed)",
     "img_size": "network input size (px, square letterbox)",
     "weights": "starting weights: scratch, backbone or coco",
     "device": "device the cell trained on (e.g. cpu, cuda:0)",
-    "device_name": "CPU or GPU model",
+    "device_name": "GPU model, or on a CPU the CPU's model name",
+    "cpu_model": "model name of the host's CPU (/proc/cpuinfo)",
+    "cpu_cores": "CPUs the train job could use (its affinity: a Slurm or container allocation)",
+    "host": "host name the train job ran on",
     "precision": "arithmetic of training: fp32, bf16 or fp16 (AMP)",
     "train_images": "images in the training split",
     "train_time_s": "training time: sum of epoch wall times (s), all segments",
     "train_images_per_s": "training throughput: epochs x train images / train_time_s",
     "segments": "how many job runs the training took (1 = never resumed)",
+    **BREAKDOWN_COLUMNS,
     "eval_split": "split the metrics below are measured on",
     "eval_images": "images in eval_split",
     "map50": "mAP@0.5 on eval_split (COCO 101-point AP, mean over classes)",
@@ -149,6 +157,8 @@ def cell_row(
         "model": parsed.model,
         "batch": run_batch(run),
         "epochs": int(run["epochs"]),
+        "repeat": parsed.repeat,
+        "seed": run.get("seed"),
         "img_size": run.get("img_size"),
         "weights": run.get("weights"),
         "device": run.get("device"),
@@ -158,6 +168,7 @@ def cell_row(
         "train_time_s": run.get("train_seconds"),
         "train_images_per_s": run.get("images_per_second"),
         "segments": run.get("segments"),
+        **{key: (run.get("time_breakdown") or {}).get(key) for key in BREAKDOWN_COLUMNS},
         "eval_split": evaluation.get("split"),
         "eval_images": evaluation.get("num_images"),
         "map50": metrics.get("map50"),
@@ -222,6 +233,9 @@ def _resource_columns(run: dict[str, Any]) -> dict[str, Any]:
         "cpu_percent": resources.get("cpu_percent"),
         "max_rss_kb": resources.get("max_rss_kb"),
         "max_tree_rss_kb": resources.get("max_tree_rss_kb"),
+        "cpu_model": provenance.get("cpu_model"),
+        "cpu_cores": provenance.get("cpu_cores_usable"),
+        "host": provenance.get("host"),
         "gpu_name": gpu.get("name"),
         "gpu_peak_memory_mib": gpu.get("peak_memory_used_mib"),
         "gpu_mean_utilization_percent": gpu.get("mean_utilization_percent"),
@@ -266,20 +280,7 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     columns = list(COLUMNS)
     for row in rows:  # per-class AP columns, in first-seen order
         columns.extend(key for key in row if key not in columns)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({key: _format(row.get(key)) for key in columns})
-    return buffer.getvalue()
-
-
-def _format(value: Any) -> str:
-    if value is None:
-        return "NA"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
+    return csv_text(rows, columns)
 
 
 def write_summary(
@@ -288,13 +289,19 @@ def write_summary(
     *,
     prices: Mapping[str, float] | None = None,
     currency: str = "USD",
+    stats_path: str | Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Write the summary CSV and, beside it, a JSON dictionary of what each column holds.
+    """Write the summary CSV (a row per run) and, beside it, a JSON dictionary of what each
+    column holds; with ``stats_path``, the per-cell statistics over the repeats there (and
+    their dictionary beside them: detbench.cell_stats).
 
     ``prices``: price of one hour per platform label (config gpu_hour_price), in ``currency``.
     """
     rows = summary_rows(folders, prices, currency)
     atomic.write_text(path, to_csv(rows))
+    if stats_path is not None:
+        write_cell_stats(rows, stats_path)
+        atomic.write_json(Path(stats_path).with_suffix(".columns.json"), stats_columns())
     columns = {**COLUMNS}
     for row in rows:
         for key in row:

@@ -40,10 +40,22 @@ def model_weights(config: Mapping[str, Any], model: str) -> str:
 # (config.RUNTIME_TRAIN_KEYS): changing them reruns nothing, or only the profile jobs.
 
 
-def train_params(config: Mapping[str, Any], model: str) -> dict[str, Any]:
-    """What a cell's training depends on: a change to it retrains the cell."""
+def model_repeats(config: Mapping[str, Any], model: str) -> int:
+    """Runs of every cell of ``model``: models.<model>.repeats, else the top-level repeats."""
+    settings = config["models"].get(model) or {}
+    return int(settings.get("repeats", config["repeats"]))
+
+
+def repeat_seed(config: Mapping[str, Any], repeat: int) -> int:
+    """The seed of repeat ``repeat``: seed + repeat (repeat_seed vary) or the seed (fixed)."""
+    return int(config["seed"]) + (repeat if config["repeat_seed"] == "vary" else 0)
+
+
+def train_params(config: Mapping[str, Any], model: str, repeat: int = 0) -> dict[str, Any]:
+    """What a cell's training depends on: a change to it retrains the cell. Repeat 0's are
+    exactly those of a study without repeats, so adding repeats reruns none of its cells."""
     return {
-        "seed": config["seed"],
+        "seed": repeat_seed(config, repeat),
         "img_size": config["img_size"],
         "dataset": {key: config["dataset"][key] for key in TRAINING_DATASET_KEYS},
         "weights": model_weights(config, model),
@@ -151,12 +163,14 @@ def _bccd_image_count() -> int:
 
 
 def study_cells(config: Mapping[str, Any]) -> list[Cell]:
-    """The configured grid on the config's platform: every model, batch size and epochs."""
+    """The configured grid on the config's platform: every model, batch size, epochs and
+    repeat."""
     return [
-        Cell(config["platform"], model, int(batch), int(epochs))
+        Cell(config["platform"], model, int(batch), int(epochs), repeat)
         for model in config["models"]
         for batch in config["batch_sizes"]
         for epochs in config["epochs"]
+        for repeat in range(model_repeats(config, model))
     ]
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import platform
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,6 +44,9 @@ from detbench.inference import save_trained_model
 from detbench.loss import YoloLoss
 from detbench.models.flops import ModelFlops
 from detbench.profiling import TrainMonitor, cell_provenance
+from detbench.profiling.provenance import cpu_model_name
+from detbench.profiling.resources import process_age_s
+from detbench.timing import time_breakdown
 
 log = logging.getLogger("detbench.train")
 
@@ -106,6 +108,7 @@ def train(
     platform_label: str | None = None,
     cell_config: Mapping[str, Any] | None = None,
     interim_evaluation: InterimEvaluation | None = None,
+    repeat: int = 0,
 ) -> dict[str, Any]:
     """Train one cell; write weights, history and the run record; return the record.
 
@@ -114,6 +117,7 @@ def train(
     ``settings.hyp.eval_interval_epochs`` epochs (not at all without it, or when that is 0).
     ``platform_label``, ``cell_config``: the platform and the cell's config for the record's
     provenance (see detbench.profiling.cell_provenance for what stands in without them).
+    ``repeat``: which run of the cell this is (recorded; the seed is in ``settings``).
     """
     with sigterm_exits():
         job_start = time.perf_counter()
@@ -139,6 +143,7 @@ def train(
             *(len(loader.dataset), plan.steps_per_epoch, loader.num_workers),
         )
         checkpoints = CheckpointClock(settings.hyp.checkpoint_interval_s)
+        startup_s = process_age_s()  # the first step starts now
         batches = iter(loader)
         for epoch in range(state.next_epoch, settings.epochs):
             row = train_one_epoch(state, batches, plan, epoch)
@@ -159,7 +164,10 @@ def train(
         _save_weights(outputs.weights, state, settings, manifest)
         write_history(outputs.history, state.history)
         record = _run_record(settings, manifest, loader, state, device, precision, fingerprint)
-        record |= flops.record(record["images_per_second"])
+        record |= flops.record(record["images_per_second"]) | {"repeat": repeat}
+        record["time_breakdown"] = time_breakdown(
+            state.history, startup_s=startup_s, checkpoint_s=checkpoints.seconds
+        )
         record["job_seconds_this_segment"] = time.perf_counter() - job_start
         record["checkpoints_written_this_segment"] = checkpoints.written
         record["checkpoint_seconds_this_segment"] = checkpoints.seconds
@@ -274,10 +282,8 @@ def _run_record(
     fingerprint: str,
 ) -> dict[str, Any]:
     num_images = len(loader.dataset)
-    if device.type == "cuda":
-        device_name = torch.cuda.get_device_name(device)
-    else:
-        device_name = platform.processor() or platform.machine()
+    cuda = device.type == "cuda"
+    device_name = torch.cuda.get_device_name(device) if cuda else cpu_model_name()
     seconds = state.train_seconds
     return {
         "model": settings.model,

@@ -12,7 +12,9 @@ from detbench.workflow import run_rule
 
 def main() -> None:
     cells = sorted({Path(path).parent for path in snakemake.input.metrics})
-    write_summary(cells, snakemake.output.summary, **snakemake.params.cost)
+    write_summary(
+        cells, snakemake.output.summary, stats_path=snakemake.output.stats, **snakemake.params.cost
+    )
 
 
 run_rule(snakemake, main)

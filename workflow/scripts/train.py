@@ -12,6 +12,7 @@ from detbench.allocator import restart_with_lean_allocator
 # peak memory near its live memory (see detbench.allocator).
 restart_with_lean_allocator(str(snakemake.config["train"].get("device", "auto")))
 
+from detbench.cells import repeat_from_suffix
 from detbench.config import EvalSettings, with_runtime_keys
 from detbench.train import InterimEvaluation, TrainOutputs, train, train_settings_from_config
 from detbench.workflow import run_rule
@@ -50,6 +51,7 @@ def main() -> None:
             split=snakemake.config["dataset"]["eval_split"],
             settings=EvalSettings.from_dict(snakemake.config["evaluate"]),
         ),
+        repeat=repeat_from_suffix(snakemake.wildcards.repeat_suffix),
     )
 
 

@@ -45,6 +45,27 @@ def git_state() -> tuple[str, bool | None]:
     return commit.strip(), None if status is None else bool(status.strip())
 
 
+def cpu_model_name(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's model name ("AMD EPYC 7B13", "Intel(R) Xeon(R) ..."), from /proc/cpuinfo on
+    Linux; the architecture where the file has none (platform.processor() is often empty)."""
+    try:
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("model name", "Model", "Processor") and value.strip():
+            return " ".join(value.split())
+    return platform_module.processor() or platform_module.machine()
+
+
+def usable_cpu_count() -> int | None:
+    """The CPUs this process may run on (a Slurm job's allocation, a container's cpuset)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count()
+
+
 def run_provenance(
     *,
     platform: str | None,
@@ -80,7 +101,9 @@ def run_provenance(
         "python_version": platform_module.python_version(),
         "os": platform_module.platform(),
         "cpu": platform_module.processor() or platform_module.machine(),
+        "cpu_model": cpu_model_name(),
         "cpu_count": os.cpu_count(),
+        "cpu_cores_usable": usable_cpu_count(),
         "detbench_version": getattr(detbench, "__version__", None),
         "git_commit": commit,
         "git_dirty": dirty,

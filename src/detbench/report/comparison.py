@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from detbench import atomic
+from detbench import atomic, stats
 from detbench.report.document import Document
 from detbench.report.frame import MEASURED, ok_cells
 from detbench.report.layout import ReportLayout
@@ -64,6 +64,23 @@ CELL_COLUMNS = [
     "faster",
     "times_faster",
     *(f"d_{name}" for name in METRICS.values()),
+    # Over the cell's repeats (detbench.stats): n per platform, the time ratio's 95% interval
+    # (Welch's t on log times), its p-value and verdict; the train times' coefficients of
+    # variation and the Brown-Forsythe test of equal spread; mAP@0.5's difference interval.
+    "n_a",
+    "n_b",
+    "time_ratio_ci_low",
+    "time_ratio_ci_high",
+    "time_p_value",
+    "time_verdict",
+    "time_cv_a",
+    "time_cv_b",
+    "spread_p_value",
+    "spread_verdict",
+    "d_map50_ci_low",
+    "d_map50_ci_high",
+    "d_map50_p_value",
+    "map50_verdict",
 ]
 SUMMARY_COLUMNS = [
     "platform_a",
@@ -79,6 +96,11 @@ SUMMARY_COLUMNS = [
     "a_faster_cells",
     "b_faster_cells",
     *(f"median_d_{name}" for name in METRICS.values()),
+    # The cells' time ratios as replicates: geometric mean, 95% t interval, verdict.
+    "cells_ratio",
+    "cells_ratio_ci_low",
+    "cells_ratio_ci_high",
+    "cells_verdict",
 ]
 NOT_COMPARED = "not compared"
 # What two cells must share to be compared: on another dataset or image size, time and
@@ -171,8 +193,43 @@ def compare_cells(frame: pd.DataFrame, platforms: Sequence[str]) -> pd.DataFrame
             }
             for column, name in METRICS.items():
                 record[f"d_{name}"] = row[f"{column}_a"] - row[f"{column}_b"]
+            record |= repeat_statistics(row, basis.column, (a, b))
+            if _finite(record["time_ratio_from_runs"]):
+                record["time_ratio_a_over_b"] = record["time_ratio_from_runs"]
             rows.append(record)
     return pd.DataFrame(rows, columns=CELL_COLUMNS)
+
+
+def repeat_statistics(row: dict, time_column: str, names: tuple[str, str]) -> dict[str, object]:
+    """The statistics of one cell on both platforms over their runs (``row``: cells_on_both's,
+    with the frame's ``<column>_runs`` tuples suffixed _a / _b)."""
+    runs_a, runs_b = row[f"{time_column}_runs_a"], row[f"{time_column}_runs_b"]
+    record: dict[str, object] = {"n_a": int(row["n_a"]), "n_b": int(row["n_b"])}
+    record["time_ratio_from_runs"] = math.nan
+    if runs_a and runs_b and min(runs_a + runs_b) > 0:
+        times = stats.compare_times(runs_a, runs_b, names)
+        spread = stats.compare_spread(runs_a, runs_b, names)
+        record |= {
+            "time_ratio_from_runs": times.ratio,
+            "time_ratio_ci_low": times.ci_low,
+            "time_ratio_ci_high": times.ci_high,
+            "time_p_value": times.p_value,
+            "time_verdict": times.verdict,
+            "time_cv_a": spread.cv_a,
+            "time_cv_b": spread.cv_b,
+            "spread_p_value": spread.p_value,
+            "spread_verdict": spread.verdict,
+        }
+    map_a, map_b = row["map50_runs_a"], row["map50_runs_b"]
+    if map_a and map_b:
+        accuracy = stats.compare_means(map_a, map_b, names)
+        record |= {
+            "d_map50_ci_low": accuracy.ci_low,
+            "d_map50_ci_high": accuracy.ci_high,
+            "d_map50_p_value": accuracy.p_value,
+            "map50_verdict": accuracy.verdict,
+        }
+    return record
 
 
 def _speed(a: str, b: str, time_a: float, time_b: float) -> tuple[float, str, float]:
@@ -213,6 +270,14 @@ def summarise(cells: pd.DataFrame) -> pd.DataFrame:
         }
         for name in METRICS.values():
             record[f"median_d_{name}"] = group[f"d_{name}"].median()
+        if len(timed):
+            over_cells = stats.ratio_over_cells(list(timed), (a, b))
+            record |= {
+                "cells_ratio": over_cells.ratio,
+                "cells_ratio_ci_low": over_cells.ci_low,
+                "cells_ratio_ci_high": over_cells.ci_high,
+                "cells_verdict": over_cells.verdict,
+            }
         rows.append(record)
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
@@ -359,6 +424,72 @@ def _pair_section(
             for row in pair_cells.itertuples(index=False)
         ],
     )
+    _repeats_tables(document, pair_cells, pair_summary, basis)
+
+
+def _repeats_tables(
+    document: Document, pair_cells: pd.DataFrame, pair_summary: pd.DataFrame, basis: TimeBasis
+) -> None:
+    """Whether the differences are real: the cells over their repeats, and each model and batch
+    over its cells."""
+    document.heading("Over the repeats: is the difference real?", level=3)
+    document.note(
+        f"n = runs of the cell per platform. Ratio A/B of the geometric mean {basis.text}s, "
+        "with a 95% confidence interval from Welch's t on log times and its p-value for 'same "
+        "time'; a platform is called faster only when the interval excludes 1. CV = standard "
+        "deviation / mean of the train times; equal spread tested with Brown-Forsythe on log "
+        "times (p < 0.05 names the more consistent platform). Δ mAP@0.5 (evaluation split) "
+        "with its 95% Welch interval. A cell with one run on a side has no spread: 'single "
+        "run, no spread'."
+    )
+    document.table(
+        ["Model", "Batch", "Epochs", "n A", "n B", "Ratio A/B [95% CI]", "p", "Verdict",
+         "CV A", "CV B", "p (spread)", "Consistency", "Δ mAP@0.5 [95% CI]", "Accuracy"],
+        [
+            [
+                row.model, str(row.batch), str(row.epochs), str(row.n_a), str(row.n_b),
+                _with_interval(row.time_ratio_a_over_b, row.time_ratio_ci_low,
+                               row.time_ratio_ci_high, ".3g"),
+                _fmt(row.time_p_value, ".2g"), _text(row.time_verdict),
+                _percent(row.time_cv_a), _percent(row.time_cv_b),
+                _fmt(row.spread_p_value, ".2g"), _text(row.spread_verdict),
+                _with_interval(row.d_map50, row.d_map50_ci_low, row.d_map50_ci_high, "+.3g"),
+                _text(row.map50_verdict),
+            ]
+            for row in pair_cells.itertuples(index=False)
+        ],
+    )
+    document.heading("Per model and batch size, over its cells", level=3)
+    document.note(
+        "Each cell's time ratio counted once (its epochs are the replicates): the geometric "
+        "mean ratio with a 95% t interval on the log ratios."
+    )
+    document.table(
+        ["Model", "Batch", "Cells", "Ratio A/B [95% CI]", "Verdict"],
+        [
+            [
+                row.model, str(row.batch), str(row.cells_timed),
+                _with_interval(row.cells_ratio, row.cells_ratio_ci_low, row.cells_ratio_ci_high,
+                               ".3g"),
+                _text(row.cells_verdict),
+            ]
+            for row in pair_summary.itertuples(index=False)
+        ],
+    )
+
+
+def _with_interval(value: float, low: float, high: float, spec: str) -> str:
+    if not _finite(low) or not _finite(high):
+        return _fmt(value, spec)
+    return f"{_fmt(value, spec)} [{format(low, spec)}, {format(high, spec)}]"
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}%" if _finite(value) else "NA"
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) and value else "NA"
 
 
 def _fmt(value: float, spec: str) -> str:

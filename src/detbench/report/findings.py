@@ -120,12 +120,69 @@ def _pair_sentence(a: str, b: str, model: str, group: pd.DataFrame, basis: str) 
     faster_time = min(widest["time_a_s"], widest["time_b_s"])
     spread = f" (range {ratios.min():.2f}–{ratios.max():.2f})" if len(group) > 1 else ""
     return (
-        f"{model}, {a} vs {b} ({basis}, {cell_count(len(group))} on both): {a} was faster in "
-        f"{a_wins}, {b} in {b_wins}; median time ratio {a}/{b} = {ratios.median():.2f}{spread}. "
+        f"{model}, {a} vs {b} ({basis}, {cell_count(len(group))} on both, "
+        f"{_runs_text(group)}): {_wins_text(group, a, b, a_wins, b_wins)}; median time ratio "
+        f"{a}/{b} = {ratios.median():.2f}{spread}. "
         f"Largest gap at batch {int(widest['batch'])}, {_epochs(int(widest['epochs']))}: "
         f"{widest['faster']} took {widest['times_faster']:.2f}× less time "
         f"({faster_time:.1f} s vs {slower_time:.1f} s)."
     )
+
+
+def _runs_text(group: pd.DataFrame) -> str:
+    """How many runs per cell the figures are means of, e.g. 'n = 3 and 1 runs per cell'."""
+    n_a, n_b = _span(group["n_a"]), _span(group["n_b"])
+    if n_a == n_b == "1":
+        return "n = 1 run per cell on each: single runs, no spread"
+    return f"n = {n_a} and {n_b} runs per cell"
+
+
+def _span(values: pd.Series) -> str:
+    low, high = int(values.min()), int(values.max())
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def _wins_text(group: pd.DataFrame, a: str, b: str, a_wins: int, b_wins: int) -> str:
+    """Who was faster: by the point estimate for single runs, by the 95% interval otherwise."""
+    tested = group[group["time_verdict"].isin([f"{a} faster", f"{b} faster",
+                                                "no detectable difference"])]
+    untested = len(group) - len(tested)
+    if tested.empty:
+        return f"{a} was faster in {a_wins}, {b} in {b_wins} (single runs, no spread)"
+    a_real = int((tested["time_verdict"] == f"{a} faster").sum())
+    b_real = int((tested["time_verdict"] == f"{b} faster").sum())
+    none = len(tested) - a_real - b_real
+    text = (
+        f"{a} faster in {a_real}, {b} faster in {b_real} (95% interval of the time ratio "
+        f"excluding 1), no detectable difference in {none}"
+    )
+    if untested:
+        text += f"; {cell_count(untested)} with a single run on a side, not tested"
+    return text
+
+
+def consistency(frame: pd.DataFrame, platforms: Sequence[str]) -> list[str]:
+    """Which platform's train times varied less, per pair and model, where the data can tell
+    (Brown-Forsythe on log times over the repeats, 3 or more runs per side)."""
+    cells = compare_cells(frame, platforms)
+    sentences = []
+    for (a, b, model), group in cells.groupby(["platform_a", "platform_b", "model"], sort=False):
+        tested = group[group["spread_p_value"].notna()]
+        if tested.empty:
+            continue
+        for row in tested.itertuples(index=False):
+            where = f"{model} batch {row.batch}, {_epochs(int(row.epochs))}"
+            cvs = f"CV {100 * row.time_cv_a:.1f}% vs {100 * row.time_cv_b:.1f}%"
+            counts = f"p = {row.spread_p_value:.2g}, n = {row.n_a} and {row.n_b}"
+            if row.spread_verdict.endswith("more consistent"):
+                sentences.append(f"{where}: {row.spread_verdict.replace(' more consistent', '')} "
+                                 f"ran more consistently than "
+                                 f"{b if row.spread_verdict.startswith(a) else a} "
+                                 f"({cvs} for {a} and {b}, {counts}).")
+            else:
+                sentences.append(f"{where}: the data cannot tell which of {a} and {b} ran more "
+                                 f"consistently ({cvs}, {counts}).")
+    return sentences
 
 
 def accuracy_metric(cells: pd.DataFrame) -> str | None:
@@ -250,9 +307,11 @@ def findings_document(frame: pd.DataFrame, platforms: Sequence[str]) -> Document
     published = [p for p in present if sources[p] == PUBLISHED]
     document = Document("Findings")
     document.paragraph(
-        "Generated from the cells of this report: every sentence carries its numbers. Times "
-        "of measured platforms are train wall times; those of the published 2020 platforms "
-        "are process user CPU times (the only time the study published)."
+        "Generated from the cells of this report: every sentence carries its numbers and n, "
+        "the runs each figure is the mean of. Times of measured platforms are train wall "
+        "times; those of the published 2020 platforms are process user CPU times (the only "
+        "time the study published), single runs with no spread. A platform is called faster "
+        "only where the 95% interval of the time ratio over the repeats excludes 1."
     )
     if not present:
         document.paragraph("No cell is present: too little data for any finding.")
@@ -272,6 +331,10 @@ def findings_document(frame: pd.DataFrame, platforms: Sequence[str]) -> Document
     document.paragraph(presence_sentence(measured, published))
     if len(present) > 1:
         document.bullets(platform_speed(frame, present))
+        steadiness = consistency(frame, present)
+        if steadiness:
+            document.heading("Consistency over repeats", level=3)
+            document.bullets(steadiness)
     document.heading("Accuracy, epochs and batch size")
     document.note(
         "Accuracy figure: mAP@0.5 on the evaluation split for measured platforms; recall at "

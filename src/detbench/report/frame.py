@@ -39,6 +39,10 @@ NUMERIC = [
 ]
 TEXT = ["source", "status", "dataset", "weights", "eval_split", "device_name"]
 COLUMNS = KEYS + TEXT + NUMERIC
+# A cell's row holds the mean over its repeats and, for the statistics of the comparison,
+# every run's value of these columns (a tuple in "<column>_runs"), and "n", its runs.
+RUN_VALUES = ("train_time_s", "user_time_s", "map50")
+RUNS = [f"{column}_runs" for column in RUN_VALUES]
 
 
 def read_summary(path: str | Path) -> pd.DataFrame:
@@ -56,7 +60,9 @@ def read_summary(path: str | Path) -> pd.DataFrame:
 
 
 def measured_frame(summary: pd.DataFrame) -> pd.DataFrame:
-    """Summary rows in the report's columns; absent optional columns become NaN."""
+    """Summary rows (one per run) in the report's columns, one row per cell: the mean of its
+    repeats' numbers, its runs' values of RUN_VALUES and their count ``n``. Absent optional
+    columns become NaN."""
     frame = pd.DataFrame(index=summary.index)
     for column in COLUMNS:
         frame[column] = summary[column] if column in summary.columns else np.nan
@@ -65,7 +71,35 @@ def measured_frame(summary: pd.DataFrame) -> pd.DataFrame:
         frame["status"] = summary["status"].fillna("ok").astype(str)
     else:
         frame["status"] = "ok"
-    return _typed(frame)
+    return collapse_repeats(_typed(frame))
+
+
+def collapse_repeats(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell (KEYS): numbers averaged over its finished runs (a failed run counts
+    only when all failed), text from its first run."""
+    rows = []
+    for _, cell in runs.groupby(KEYS, sort=False):
+        ok = cell[cell["status"] == "ok"]
+        used = ok if len(ok) else cell
+        row = used.iloc[0].to_dict()
+        for column in NUMERIC:
+            row[column] = used[column].mean()
+        for column, runs_column in zip(RUN_VALUES, RUNS, strict=True):
+            row[runs_column] = tuple(float(v) for v in used[column].dropna())
+        row["n"] = len(used)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=[*COLUMNS, *RUNS, "n"])
+
+
+def _with_single_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """Published cells are single runs: their values are their runs."""
+    frame = frame.copy()
+    for column, runs_column in zip(RUN_VALUES, RUNS, strict=True):
+        frame[runs_column] = [
+            (float(v),) if pd.notna(v) else () for v in frame[column]
+        ]
+    frame["n"] = 1
+    return frame
 
 
 def published_frame(path: str | Path | None = None) -> pd.DataFrame:
@@ -74,7 +108,7 @@ def published_frame(path: str | Path | None = None) -> pd.DataFrame:
     for column in COLUMNS:
         if column not in frame.columns:
             frame[column] = np.nan
-    return _typed(frame[COLUMNS])
+    return _with_single_runs(_typed(frame[COLUMNS]))
 
 
 def cell_frame(summary: pd.DataFrame, published: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -82,7 +116,8 @@ def cell_frame(summary: pd.DataFrame, published: pd.DataFrame | None = None) -> 
     parts = [measured_frame(summary) if "source" not in summary.columns else summary]
     if published is not None:
         parts.append(published)
-    frame = pd.concat([p[COLUMNS] for p in parts], ignore_index=True)
+    parts = [p if "n" in p.columns else _with_single_runs(p) for p in parts]
+    frame = pd.concat([p[[*COLUMNS, *RUNS, "n"]] for p in parts], ignore_index=True)
     return _typed(frame)
 
 
