@@ -25,4 +25,5 @@ test: $(BIN)/detbench
 	$(BIN)/pytest
 
 clean-demo:
-	rm -rf results/demo-cpu results/datasets/synthetic results/summary.csv results/summary.columns.json
+	rm -rf results/demo-cpu results/datasets/synthetic results/summary.csv results/summary.columns.json \
+		results/summary_stats.csv results/summary_stats.columns.json

@@ -32,6 +32,7 @@ rule train:
                 "model": "{model}",
                 "batch": "{batch}",
                 "epochs": "{epochs}",
+                "repeat": "{repeat_suffix}",
                 "table": "history",
             },
         ),

@@ -654,3 +654,30 @@ def test_findings_state_n_and_only_supported_differences() -> None:
     [steady] = findings.consistency(repeated_platforms(0.005, 0.2, n=8), ["a", "b"])
     assert steady.startswith("yolov3 batch 8, 2 epochs: a ran more consistently than b (CV ")
     assert "n = 8 and 8" in steady
+
+
+def test_spread_consistency_and_breakdown_figures(tmp_path: Path) -> None:
+    from detbench.report import spread_plots
+
+    frame = repeated_platforms(0.01, 0.05)
+    figure = spread_plots.spread_figure(frame, ["a", "b"], "yolov3")
+    legends = [t.get_text() for a in figure.axes for t in a.get_legend().get_texts()]
+    assert "a b8 (n = 5)" in legends and "b b8 (n = 5)" in legends
+    assert "train wall time (s)" in [a.get_ylabel() for a in figure.axes]
+    consistency = spread_plots.consistency_figure(frame, ["a", "b"])
+    heights = [p.get_height() for p in consistency.axes[0].patches]
+    assert len(heights) == 2 and heights[0] < heights[1]  # a is the steadier
+    runs = pd.DataFrame([
+        {"platform": "a", "model": "yolov3", "batch": 8, "epochs": 2, "startup_s": 5.0,
+         "first_epoch_s": 3.0, "first_epoch_extra_s": 1.0, "steady_epochs_s": 2.0,
+         "interim_eval_s": 0.5, "checkpoint_s": 0.25},
+        {"platform": "a", "model": "yolov3", "batch": 8, "epochs": 2, "startup_s": 7.0,
+         "first_epoch_s": 3.0, "first_epoch_extra_s": 1.0, "steady_epochs_s": 2.0,
+         "interim_eval_s": 0.5, "checkpoint_s": 0.25},
+    ])
+    table = spread_plots.breakdown_table(runs, "a")
+    assert table.iloc[0][["startup_s", "first_epoch_extra_s", "epochs_s", "n"]].tolist() == [
+        6.0, 1.0, 4.0, 2
+    ]
+    figure = spread_plots.time_breakdown_figure(runs, "a")
+    assert sum(p.get_height() for p in figure.axes[0].patches) == pytest.approx(11.75)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 CELL_OUTPUT = re.compile(r"output: results/([^/\s]+)/([^/\s]+)/b(\d+)_e(\d+)/weights\.pt")
@@ -69,6 +70,17 @@ def test_study_plans_the_full_grid(
     assert len(cells) == 32 and set(cells) == expected
     assert sum(model == "yolov3" for _, model, _, _ in cells) == 16
     assert not (workflow_copy / "results").exists(), "a dry run wrote results"
+
+
+def test_repeats_plan_every_cell_that_many_times(
+    snakemake: Callable[..., Any], workflow_copy: Path
+) -> None:
+    config = ("--configfile", "config/config.yaml", "--config", "repeats=3")
+    run = snakemake(workflow_copy, "-n", *config)
+    assert run.returncode == 0, run.describe()
+    stats = run.job_stats()
+    assert (stats.get("train"), stats.get("evaluate"), stats.get("profile")) == (96, 96, 8)
+    assert "b32_e20_r2/weights.pt" in run.output and "_r3/" not in run.output
 
 
 def test_one_cell_target_plans_one_train_and_one_evaluate(
@@ -391,3 +403,66 @@ def test_other_platform_is_summarised_without_retraining(
 
 def _cell_key(row: dict[str, str]) -> tuple[str, int, int]:
     return row["model"], int(row["batch"]), int(row["epochs"])
+
+
+@pytest.mark.slow
+def test_raising_repeats_trains_only_the_new_repeats(
+    tiny_study: dict[str, Any], snakemake: Callable[..., Any], tiny_config: Path
+) -> None:
+    run = snakemake(
+        tiny_study["workdir"], "-n", "--configfile", str(tiny_config), "--config", "repeats=3"
+    )
+    assert run.returncode == 0, run.describe()
+    stats = run.job_stats()
+    assert (stats.get("train"), stats.get("evaluate")) == (16, 16), run.describe()
+    assert "profile" not in stats and "convert" not in stats, run.describe()
+    pattern = r"output: results/test-cpu/[^/]+/(b\d+_e\d+\S*)/weights\.pt"
+    planned = set(re.findall(pattern, run.output))
+    assert planned and all(name.endswith(("_r1", "_r2")) for name in planned), planned
+
+
+@pytest.mark.slow
+def test_repeats_end_to_end_with_a_second_platform(
+    tiny_study: dict[str, Any],
+    tmp_path: Path,
+    tree_cloner: Callable[[Path, Path], Path],
+    snakemake: Callable[..., Any],
+) -> None:
+    """One cell, 3 repeats with a fixed seed (identical weights on a CPU), copied as a second
+    platform: summary_stats.csv has n = 3, the comparison carries intervals, findings say n."""
+    workdir = tree_cloner(tiny_study["workdir"], tmp_path / "workflow")
+    config = json.loads(json.dumps(tiny_study["config"]))
+    config.update(
+        models={"yolov3-tiny": {"weights": "scratch"}}, batch_sizes=[4], epochs=[1],
+        repeats=3, repeat_seed="fixed",
+    )
+    _write_config(workdir / "repeats.yaml", config)
+    targets = ["results/summary.csv", "results/report/comparison/comparison.md"]
+    run = snakemake(workdir, *targets, "--cores", "2", "--configfile", "repeats.yaml")
+    assert run.returncode == 0, run.describe()
+    assert run.job_stats().get("train") == 2, run.describe()  # repeats 1 and 2 only
+    cell = workdir / "results" / "test-cpu" / "yolov3-tiny"
+    weights = [torch.load(cell / name / "weights.pt")["state_dict"] for name in
+               ("b4_e1", "b4_e1_r1", "b4_e1_r2")]
+    for other in weights[1:]:
+        assert all(torch.equal(weights[0][k], other[k]) for k in weights[0])
+    records = [json.loads((cell / n / "run.json").read_text()) for n in ("b4_e1", "b4_e1_r2")]
+    assert [(r["repeat"], r["seed"]) for r in records] == [(0, 0), (2, 0)]
+    assert set(records[1]["time_breakdown"]) >= {"startup_s", "first_epoch_s", "checkpoint_s"}
+    assert records[1]["time_breakdown"]["startup_s"] > 0
+
+    results = workdir / "results"
+    tree_cloner(results / "test-cpu", results / "other-cpu")
+    run = snakemake(workdir, *targets, "results/report/findings.md", "--cores", "2",
+                    "--configfile", "repeats.yaml", "--forcerun", "aggregate")
+    assert run.returncode == 0, run.describe()
+    stats_rows = [r for r in _read_csv(results / "summary_stats.csv")
+                  if (r["model"], r["batch"], r["epochs"]) == ("yolov3-tiny", "4", "1")]
+    assert sorted(r["platform"] for r in stats_rows) == ["other-cpu", "test-cpu"]
+    assert all(r["n"] == "3" and r["train_time_s_ci_low"] != "NA" for r in stats_rows)
+    assert all(r["map50_std"] == "0" for r in stats_rows)  # identical weights, same mAP
+    comparison = (results / "report/comparison/comparison.md").read_text(encoding="utf-8")
+    assert "Over the repeats: is the difference real?" in comparison
+    assert "| yolov3-tiny | 4 | 1 | 3 | 3 |" in comparison
+    findings = (results / "report/findings.md").read_text(encoding="utf-8")
+    assert "n = 3 and 3 runs per cell" in findings

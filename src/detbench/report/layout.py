@@ -192,6 +192,25 @@ class ReportLayout:
                 {"model": model},
                 "memory.rst",
             )
+        for model in self.models:
+            entries += self._figure(
+                f"spread_{model}",
+                TRAINING_TIME,
+                "Repeats: every run, mean and 95% interval",
+                {"model": model},
+                "spread.rst",
+            )
+        entries += self._figure(
+            "consistency", PLATFORMS, "Consistency over repeats", {"table": "CV"}, "consistency.rst"
+        )
+        for platform in self.measured:
+            entries += self._figure(
+                f"time_breakdown_{slug(platform)}",
+                TRAINING_TIME,
+                "Where the time went",
+                {"platform": platform},
+                "time_breakdown.rst",
+            )
         for platform in self.measured:
             entries += self._figure(
                 f"gpu_utilisation_{slug(platform)}",

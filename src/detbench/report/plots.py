@@ -33,6 +33,11 @@ from detbench.report.comparison import (
 from detbench.report.frame import MEASURED, cell_dir, ok_cells
 from detbench.report.layout import ReportLayout, slug
 from detbench.report.reference import PUBLISHED
+from detbench.report.spread_plots import (
+    consistency_figure,
+    spread_figure,
+    time_breakdown_figure,
+)
 
 # No display on cluster nodes or in CI; switching is allowed as long as no figure exists yet.
 matplotlib.use("Agg")
@@ -515,7 +520,22 @@ def gpu_utilisation_figure(frame: pd.DataFrame, results_dir: str | Path, platfor
 # -- all figures of the report ---------------------------------------------------------------
 
 
-def write_plots(frame: pd.DataFrame, layout: ReportLayout, results_dir: str | Path) -> None:
+def write_plots(
+    frame: pd.DataFrame,
+    layout: ReportLayout,
+    results_dir: str | Path,
+    runs: pd.DataFrame | None = None,
+) -> None:
+    """Every figure of ``layout``; ``runs``: the summary's rows (one per run), for the time
+    breakdown (without them, its figures say there is none)."""
+    runs = pd.DataFrame() if runs is None else runs
+    for model in layout.models:
+        figure = spread_figure(frame, layout.measured, model)
+        save_figure(figure, layout.plot_path(f"spread_{model}"))
+    save_figure(consistency_figure(frame, layout.measured), layout.plot_path("consistency"))
+    for platform in layout.measured:
+        figure = time_breakdown_figure(runs, platform)
+        save_figure(figure, layout.plot_path(f"time_breakdown_{slug(platform)}"))
     frame = frame.copy()
     frame["gpu_memory_max_mib"] = gpu_memory_peaks(frame, results_dir)
     platforms = layout.platforms
