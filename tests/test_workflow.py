@@ -302,8 +302,9 @@ def test_tiny_study_cell_folders_are_complete(tiny_study: dict[str, Any]) -> Non
         assert metrics["cell"] == {
             "platform": "test-cpu",
             "model": model,
-            "batch": str(batch),
-            "epochs": str(epochs),
+            "batch": batch,
+            "epochs": epochs,
+            "repeat": 0,
         }
         assert isinstance(json.loads((cell / "detections.json").read_text(encoding="utf-8")), list)
         assert "epoch 1/" in (cell / "logs/train.log").read_text(encoding="utf-8")

@@ -117,6 +117,14 @@ class Cell:
         return cls.from_folder(Path(path).parent)
 
 
+def cell_of(path: str | Path) -> dict[str, str | int]:
+    """The cell a file belongs to as a JSON object (numbers as numbers), for metrics.json."""
+    cell = Cell.from_file(path)
+    if cell is None:
+        raise ValueError(f"{path}: not in a cell folder")
+    return dataclasses.asdict(cell)
+
+
 def profile_batch(folder: str | Path) -> int | None:
     """The batch size of a profile folder ``profile_b<batch>``, or None."""
     match = _PROFILE_NAME.fullmatch(Path(folder).name)

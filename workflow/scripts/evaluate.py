@@ -6,6 +6,7 @@ from pathlib import Path
 # detbench from this checkout, also where it is not installed (e.g. a conda env of its own).
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
+from detbench.cells import cell_of
 from detbench.config import EvalSettings, TrainHyperparameters, with_runtime_keys
 from detbench.evaluate import evaluate_cell
 from detbench.workflow import run_rule
@@ -22,7 +23,7 @@ def main() -> None:
         TrainHyperparameters.from_dict(with_runtime_keys(config["train"], snakemake.config)),
         snakemake.output.metrics,
         snakemake.output.detections,
-        cell=dict(snakemake.wildcards),
+        cell=cell_of(snakemake.output.metrics),
         threads=snakemake.threads,
     )
 
