@@ -681,3 +681,21 @@ def test_spread_consistency_and_breakdown_figures(tmp_path: Path) -> None:
     ]
     figure = spread_plots.time_breakdown_figure(runs, "a")
     assert sum(p.get_height() for p in figure.axes[0].patches) == pytest.approx(11.75)
+
+
+def test_where_the_time_went_names_the_part_that_differs() -> None:
+    parts = {"first_epoch_s": 2.0, "first_epoch_extra_s": 0.5, "steady_epochs_s": 4.0,
+             "interim_eval_s": 0.0, "checkpoint_s": 0.1}
+    rows = [
+        summary_row("a", "yolov3", 8, 2, train_time_s=6.0, startup_s=3.0, **parts),
+        summary_row("b", "yolov3", 8, 2, train_time_s=6.5, startup_s=12.0, **parts),
+    ]
+    frame = frame_of(rows)
+    [row] = comparison.breakdown_differences(frame, "a", "b").to_dict("records")
+    assert row["d_startup_s"] == -9.0
+    assert comparison.largest_part(row) == ("start-up", -9.0)
+    markdown = comparison.comparison_document(frame, ["a", "b"]).to_markdown()
+    assert "Where the time went (s, means over the runs)" in markdown
+    assert "start-up (-9.00 s)" in markdown
+    [sentence] = findings.time_parts(frame, ["a", "b"])
+    assert "differs most is start-up in 1 cell" in sentence

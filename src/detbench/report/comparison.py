@@ -425,6 +425,8 @@ def _pair_section(
         ],
     )
     _repeats_tables(document, pair_cells, pair_summary, basis)
+    if basis is WALL:
+        _breakdown_table(document, frame, a, b)
 
 
 def _repeats_tables(
@@ -476,6 +478,64 @@ def _repeats_tables(
             for row in pair_summary.itertuples(index=False)
         ],
     )
+
+
+# What a train job's wall time is made of (detbench.timing), as the comparison shows it.
+TIME_PARTS = {
+    "startup_s": "start-up",
+    "first_epoch_extra_s": "first epoch's extra",
+    "steady_epochs_s": "steady epochs",
+    "interim_eval_s": "evaluation",
+    "checkpoint_s": "checkpoints",
+}
+
+
+def breakdown_differences(frame: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """Per cell on both measured platforms: each part of the train job's time on A and B
+    (means over the runs, s) and A − B; NaN where a run record has no breakdown."""
+    both = cells_on_both(frame, a, b)
+    both = both[same_setup(both)]
+    rows = []
+    for row in both.to_dict("records"):
+        record = {"model": row["model"], "batch": int(row["batch"]), "epochs": int(row["epochs"])}
+        for part in TIME_PARTS:
+            record[f"{part}_a"], record[f"{part}_b"] = row[f"{part}_a"], row[f"{part}_b"]
+            record[f"d_{part}"] = row[f"{part}_a"] - row[f"{part}_b"]
+        rows.append(record)
+    return pd.DataFrame(rows)
+
+
+def largest_part(row: dict) -> tuple[str, float] | None:
+    """The part of the time whose A − B is largest in size, or None without a breakdown."""
+    gaps = {p: row[f"d_{p}"] for p in TIME_PARTS if _finite(row[f"d_{p}"])}
+    if not gaps:
+        return None
+    part = max(gaps, key=lambda p: abs(gaps[p]))
+    return TIME_PARTS[part], gaps[part]
+
+
+def _breakdown_table(document: Document, frame: pd.DataFrame, a: str, b: str) -> None:
+    table = breakdown_differences(frame, a, b)
+    if table.empty:
+        return
+    document.heading("Where the time went (s, means over the runs)", level=3)
+    document.note(
+        "Start-up: process start to the first step; first epoch's extra: the first epoch less "
+        "a steady one; steady epochs: epochs 2..n. 'Differs most': the part with the largest "
+        "A − B, so a platform comparison on fast GPUs says whether it compares training or "
+        "start-up."
+    )
+    headers = ["Model", "Batch", "Epochs"]
+    headers += [f"{name} A / B" for name in TIME_PARTS.values()] + ["Differs most (A − B)"]
+    rows = []
+    for row in table.to_dict("records"):
+        cells = [row["model"], str(row["batch"]), str(row["epochs"])]
+        for part in TIME_PARTS:
+            cells.append(f"{_fmt(row[f'{part}_a'], '.2f')} / {_fmt(row[f'{part}_b'], '.2f')}")
+        found = largest_part(row)
+        cells.append(f"{found[0]} ({found[1]:+.2f} s)" if found else "NA")
+        rows.append(cells)
+    document.table(headers, rows)
 
 
 def _with_interval(value: float, low: float, high: float, spec: str) -> str:

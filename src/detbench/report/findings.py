@@ -18,8 +18,10 @@ from detbench import atomic
 from detbench.report.comparison import (
     USER,
     WALL,
+    breakdown_differences,
     cell_count,
     compare_cells,
+    largest_part,
     missing_time_note,
     platform_pairs,
     platform_sources,
@@ -159,6 +161,29 @@ def _wins_text(group: pd.DataFrame, a: str, b: str, a_wins: int, b_wins: int) ->
     if untested:
         text += f"; {cell_count(untested)} with a single run on a side, not tested"
     return text
+
+
+def time_parts(frame: pd.DataFrame, platforms: Sequence[str]) -> list[str]:
+    """Per pair of measured platforms: which part of the train job's time differs most, over
+    the cells with a time breakdown (means of their runs)."""
+    sources = platform_sources(frame)
+    measured = [p for p in platforms if sources.get(p) == MEASURED]
+    sentences = []
+    for a, b in platform_pairs(measured):
+        table = breakdown_differences(frame, a, b)
+        parts = [found for row in table.to_dict("records") if (found := largest_part(row))]
+        if not parts:
+            continue
+        counts: dict[str, int] = {}
+        for name, _ in parts:
+            counts[name] = counts.get(name, 0) + 1
+        ranked = sorted(counts.items(), key=lambda item: -item[1])
+        listed = ", ".join(f"{name} in {cell_count(n)}" for name, n in ranked)
+        sentences.append(
+            f"{a} vs {b}: the part of the train job's time that differs most is {listed} "
+            f"(of {cell_count(len(parts))} with a time breakdown; means over each cell's runs)."
+        )
+    return sentences
 
 
 def consistency(frame: pd.DataFrame, platforms: Sequence[str]) -> list[str]:
@@ -331,6 +356,7 @@ def findings_document(frame: pd.DataFrame, platforms: Sequence[str]) -> Document
     document.paragraph(presence_sentence(measured, published))
     if len(present) > 1:
         document.bullets(platform_speed(frame, present))
+        document.bullets(time_parts(frame, present))
         steadiness = consistency(frame, present)
         if steadiness:
             document.heading("Consistency over repeats", level=3)

@@ -36,6 +36,13 @@ NUMERIC = [
     "map50_95",
     "img_size",
     "eval_images",
+    # Where the train job's time went (detbench.timing), s.
+    "startup_s",
+    "first_epoch_extra_s",
+    "steady_epochs_s",
+    "first_epoch_s",
+    "interim_eval_s",
+    "checkpoint_s",
 ]
 TEXT = ["source", "status", "dataset", "weights", "eval_split", "device_name"]
 COLUMNS = KEYS + TEXT + NUMERIC
