@@ -44,18 +44,21 @@ def spread_figure(frame: pd.DataFrame, platforms: Sequence[str], model: str) -> 
     for axes, (column, label) in zip(axes_list, SPREAD_PANELS, strict=True):
         for (platform, batch), group in cells.groupby(["platform", "batch"], sort=False):
             group = group.sort_values("epochs")
-            means, lows, highs = [], [], []
+            means, lows, highs, points = [], [], [], []
             for row in group.itertuples(index=False):
                 runs = getattr(row, column)
-                axes.scatter([row.epochs] * len(runs), runs, s=10, alpha=0.5)
+                points += [(row.epochs, value) for value in runs]
                 summary = describe(runs)
                 means.append(summary.mean if summary else np.nan)
                 lows.append(summary.ci_low if summary and summary.ci_low is not None else np.nan)
                 highs.append(summary.ci_high if summary and summary.ci_high is not None else np.nan)
             n = "/".join(str(v) for v in sorted(set(group["n"])))
             errors = [np.subtract(means, lows), np.subtract(highs, means)]
-            axes.errorbar(group["epochs"], means, yerr=errors, capsize=3, marker="o",
-                          label=f"{platform} b{batch} (n = {n})")
+            line = axes.errorbar(group["epochs"], means, yerr=errors, capsize=3, marker="o",
+                                 label=f"{platform} b{batch} (n = {n})")
+            if points:
+                x, y = zip(*points, strict=True)
+                axes.scatter(x, y, s=12, alpha=0.45, color=line.lines[0].get_color())
         axes.set_xlabel("epochs")
         axes.set_ylabel(label)
         axes.grid(alpha=0.3)
