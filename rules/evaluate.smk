@@ -12,6 +12,9 @@ rule evaluate:
         f"{CELL}/logs/evaluate.log",
     benchmark:
         f"{CELL}/logs/evaluate.benchmark.tsv"
+    # With its cell's train job, as one submission on a cluster (see rules/train.smk).
+    group:
+        "cell"
     conda:
         "../envs/train.yaml"
     threads: 4

@@ -25,6 +25,9 @@ rule profile:
         f"{PROFILE}/logs/profile.log",
     benchmark:
         f"{PROFILE}/logs/profile.benchmark.tsv"
+    # A group of its own on a cluster, which group-components may pack with cells.
+    group:
+        "cell"
     conda:
         "../envs/train.yaml"
     threads: 4

@@ -42,6 +42,9 @@ rule train:
         f"{CELL}/logs/train.log",
     benchmark:
         f"{CELL}/logs/train.benchmark.tsv"
+    # On a cluster a cell's train and evaluate jobs are one submission (profiles/slurm).
+    group:
+        "cell"
     conda:
         "../envs/train.yaml"
     threads: 4

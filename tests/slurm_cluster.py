@@ -91,6 +91,10 @@ class SlurmCluster:
         out = _run(["scontrol", "--oneliner", "show", "job", job_id])
         return dict(re.findall(r"(\w[\w/:]*)=(\S*)", out))
 
+    def batch_script(self, job_id: str) -> str:
+        """The script a job runs (for a Snakemake job: which rule jobs it targets)."""
+        return _run(["scontrol", "write", "batch_script", job_id, "-"])
+
     def logs(self) -> str:
         """The tail of the daemons' logs, for a failure message."""
         parts = []

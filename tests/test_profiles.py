@@ -49,8 +49,9 @@ def dry_run(workdir: Path, *args: str) -> list[dict[str, str]]:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     jobs = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", result.stdout + result.stderr):
-        match = re.match(r"(?:local)?rule (\w+):", block)
+    # A job of a group (rules/train.smk's "cell") is listed indented under "Group job".
+    for block in re.split(r"\n(?=[ \t]*(?:local)?rule \w+:)", result.stdout + result.stderr):
+        match = re.match(r"[ \t]*(?:local)?rule (\w+):", block)
         if not match:
             continue
         job = {"rule": match.group(1)}
@@ -130,6 +131,20 @@ def test_slurm_profile_settings() -> None:
     assert args.slurm_status_command == "squeue"
     assert args.rerun_incomplete and args.keep_going
     assert int(args.latency_wait) >= 30
+    # One Slurm job per cell: its train and evaluate jobs form one group (rules/*.smk).
+    assert args.group_components == {"cell": 1}
+
+
+def test_slurm_profile_groups_each_cell_into_one_submission(workdir: Path) -> None:
+    plan = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--dry-run", "--profile", str(REPO / "profiles/slurm")],
+        cwd=workdir, capture_output=True, text=True, timeout=300, check=True,
+    ).stdout
+    cells = len(re.findall(r"^\s+rule train:", plan, re.MULTILINE))
+    profiles = len(re.findall(r"^\s+rule profile:", plan, re.MULTILINE))
+    assert cells == 32 and profiles > 0, plan[-3000:]
+    # A group job per cell (train + evaluate) and per profile; nothing else is grouped.
+    assert plan.count("Group job cell") == cells + profiles, plan[-3000:]
 
 
 def test_slurm_test_profile_replaces_only_cluster_keys() -> None:
@@ -160,7 +175,7 @@ def test_slurm_profile_plans_gpu_requests_and_train_wall_times(workdir: Path) ->
             key = (wildcards["model"], int(wildcards["batch"]), int(wildcards["epochs"]))
             runtimes[key] = int(resources["runtime"])
         elif job["rule"] == "evaluate":
-            assert resources["runtime"] == "60", job  # the profile's default
+            assert resources["runtime"] == "15", job  # set-resources: it runs after train
     study = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     batches, epochs = sorted(study["batch_sizes"]), sorted(study["epochs"])
     assert set(runtimes) == {

@@ -6,8 +6,9 @@ the second profile naming the test cluster's partition and making status checks 
 run has the b4_e20 train job cancelled (scancel) once it has written an epoch checkpoint: the
 run reports that job failed and still finishes the other cell. The second run resumes the
 cancelled cell from its checkpoint, finishes it and builds the summary. Along the way Slurm's
-own records show what each job asked for: one GPU for train and evaluate jobs, none for the
-rest.
+own records show what was submitted: one Slurm job per cell (its train and evaluate jobs, the
+group "cell"), one for the profile, one per other rule job, and what each asked for: one GPU
+for the cells and the profile, none for the rest.
 
 Needs root and Debian's munge, slurmctld, slurmd and slurm-client; skipped without them.
 """
@@ -30,7 +31,8 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 PLATFORM = "baremetal-p40"  # profiles/slurm's platform label
-GPU_RULES = ("train", "evaluate", "profile")
+CELL_JOB = ("evaluate", "train")  # a cell's Slurm job: the group "cell", rules sorted
+GPU_JOBS = (CELL_JOB, ("profile",))
 RUN_TIMEOUT = 480  # seconds per Snakemake run; a few minutes on 2 busy cores is usual
 
 
@@ -92,9 +94,19 @@ def wait_for(condition: Callable[[], bool], process: subprocess.Popen, log: Path
         time.sleep(0.2)
 
 
-def rule_of(job: dict[str, str]) -> str:
-    # The plugin's comment: rule_<rule> or rule_<rule>_wildcards_<values joined by _>.
-    return job["comment"].removeprefix("rule_").split("_wildcards_")[0]
+def rules_of(job: dict[str, str]) -> tuple[str, ...]:
+    """The rules a Slurm job runs. The plugin's comment: rule_<rule>, or
+    rule_<rule>_wildcards_<values joined by _>, or for a group job rule_<group>_<its rules
+    joined by _> (sorted; the grouped rules' names have no _)."""
+    name = job["comment"].removeprefix("rule_").split("_wildcards_")[0]
+    group, _, rules = name.partition("_")
+    return tuple(rules.split("_")) if group == "cell" else (name,)
+
+
+def targets_cell(slurm: SlurmCluster, job: dict[str, str], epochs: int) -> bool:
+    """Whether a cell's Slurm job is the cell with ``epochs`` epochs (a group job's comment
+    names no wildcards; its script names the jobs it targets)."""
+    return f"epochs={epochs}," in slurm.batch_script(job["id"])
 
 
 def minutes(time_limit: str) -> int:
@@ -131,15 +143,16 @@ def test_slurm_profile_runs_a_study_and_resumes_a_cancelled_train_job(
     (train_job,) = [
         job
         for job in slurm.jobs()
-        if rule_of(job) == "train" and job["comment"].endswith("_4_20")
-        if job["state"] == "RUNNING"
+        if rules_of(job) == CELL_JOB and job["state"] == "RUNNING"
+        if targets_cell(slurm, job, 20)
     ]
     details = slurm.show_job(train_job["id"])
     subprocess.run(["scancel", train_job["id"]], check=True)
     returncode, output = finish(first, log1)
 
     assert returncode != 0, output
-    assert f"SLURM-job '{train_job['id']}' failed" in output, tail(log1)
+    # A group job's failure names the group, not the Slurm job (Snakemake's GroupJob.log_error).
+    assert "Error in group cell" in output, tail(log1)
     assert "CANCELLED" in output, tail(log1)
     assert "Error in rule train" in output and "epochs=20" in output, tail(log1)
     assert not summary.exists()
@@ -169,24 +182,24 @@ def test_slurm_profile_runs_a_study_and_resumes_a_cancelled_train_job(
 
     # --- What Slurm was asked for, from its own records (no accounting needed).
     first_run, second_run = runs(slurm)
-    first_rules = {rule_of(job) for job in first_run}
-    assert {"convert", "train", "evaluate"} <= first_rules, first_rules
-    # Downloads are local rules: compute nodes often have no internet, the login node does.
-    assert "download" not in first_rules and "download_weights" not in first_rules, first_rules
-    # The second run submitted only what the cancelled cell still needed, and the summary.
-    assert [job["comment"] for job in second_run if rule_of(job) in GPU_RULES] == [
-        "rule_train_wildcards_baremetal-p40_yolov3-tiny_4_20",
-        "rule_evaluate_wildcards_baremetal-p40_yolov3-tiny_4_20",
-    ]
-    assert "aggregate" in {rule_of(job) for job in second_run}
+    # One Slurm job per cell, one for the profile, one for the conversion; downloads are local
+    # rules (compute nodes often have no internet, the login node does); no summary yet.
+    assert sorted(rules_of(job) for job in first_run) == sorted(
+        [CELL_JOB, CELL_JOB, ("profile",), ("convert",)]
+    ), first_run
+    # The second run submitted only the cancelled cell, as one job, and the summary.
+    assert sorted(rules_of(job) for job in second_run) == [("aggregate",), CELL_JOB], second_run
+    (resumed,) = [job for job in second_run if rules_of(job) == CELL_JOB]
+    assert targets_cell(slurm, resumed, 20)
     for job in first_run + second_run:
-        # set-resources: one GPU for train and evaluate jobs, none for the rest.
-        assert job["gpus"] == ("gres:gpu:1" if rule_of(job) in GPU_RULES else "N/A"), job
-        # Train jobs ask for the wall time train_runtime computes, above the 10 min default.
-        if rule_of(job) == "train":
-            assert minutes(job["time_limit"]) > 10, job
-        elif rule_of(job) == "evaluate":
-            assert minutes(job["time_limit"]) == 10, job
+        # set-resources: one GPU for a cell's job (the group's maximum) and the profile's.
+        assert job["gpus"] == ("gres:gpu:1" if rules_of(job) in GPU_JOBS else "N/A"), job
+        # A cell asks for train_runtime's wall time plus its evaluation's (the group's sum).
+        if rules_of(job) == CELL_JOB:
+            assert minutes(job["time_limit"]) > 10 + 15, job
     cancelled = [job["id"] for job in first_run + second_run if job["state"] == "CANCELLED"]
     assert cancelled == [train_job["id"]]
     assert all(job["state"] == "COMPLETED" for job in second_run), second_run
+    # The evaluate jobs copied their train job's evaluation (detbench.final_evaluation).
+    for cell in (long_cell, short_cell):
+        assert "copied" in (cell / "logs" / "evaluate.log").read_text(), cell

@@ -28,6 +28,9 @@ RUN_RECORD = "run.json"
 GPU_SAMPLES = "gpu_samples.csv"
 METRICS = "metrics.json"
 DETECTIONS = "detections.json"
+# The train job's evaluation of its final weights, which the evaluate job reuses when it was
+# made under the evaluate job's settings (detbench.final_evaluation); no declared output.
+FINAL_EVALUATION = "final_evaluation.json"
 CHECKPOINTS = "checkpoints"  # resume state, outside the declared outputs
 
 # Top-level folders of results/ that hold no platform's cells.

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from detbench import atomic
+from detbench import atomic, final_evaluation
 from detbench.config import EvalSettings, TrainHyperparameters
 from detbench.data.dataset import DatasetManifest, DetectionDataset, collate
 from detbench.device import select_device, select_precision
@@ -98,6 +98,15 @@ class SplitEvaluation:
     seconds: float  # predicting (forward, losses, NMS); scoring not included
     num_images: int
 
+    def history_columns(self) -> dict[str, float]:
+        """history.csv's evaluation columns (an evaluation during training)."""
+        return {
+            "eval_map50": self.metrics.map50,
+            "eval_map50_95": self.metrics.map50_95,
+            "eval_total_loss": sum(self.losses.values()),
+            "eval_seconds": self.seconds,
+        }
+
 
 def evaluate_model(
     model: torch.nn.Module,
@@ -151,43 +160,78 @@ def evaluate_cell(
     img_size = int(metadata["img_size"])
     dataset = DetectionDataset(manifest.records(split), img_size)
     evaluation = evaluate_model(model, dataset, manifest.class_names, settings, hyp, device)
-    metrics, losses, seconds = evaluation.metrics, evaluation.losses, evaluation.seconds
-    image_id_map = coco_image_ids(record.id for record in dataset.records)
-    atomic.write_json(detections_path, to_coco_results(evaluation.detections, image_id_map))
-
-    result = {
-        "cell": cell or {},
-        "dataset": manifest.dataset,
-        "split": split,
-        "num_images": evaluation.num_images,
-        "img_size": img_size,
-        "nms": {
-            "conf_threshold": settings.conf_threshold,
-            "iou_threshold": settings.nms_iou,
-            "max_detections_per_image": settings.max_detections,
-        },
-        "metrics": metrics.to_dict(),
-        "val_loss": losses,
-        "val_loss_definition": (
-            f"mean per-image training loss terms (box 1-CIoU, objectness BCE, class BCE, with "
-            f"the training gains) on the {split} split"
-        ),
-        "eval_seconds": seconds,
-        "device": str(device),
-    }
+    result, coco_results = cell_results(evaluation, dataset, manifest, split, settings, device)
+    result["cell"] = cell or {}
+    atomic.write_json(detections_path, coco_results)
     atomic.write_json(metrics_path, result)
     log.info(
         "%s split %s: mAP@0.5 %.4f  mAP@0.5:0.95 %.4f  P %.3f R %.3f at conf %.2f  (%.1f s)",
         weights_path,
         split,
-        metrics.map50,
-        metrics.map50_95,
-        metrics.precision_at_conf,
-        metrics.recall_at_conf,
+        evaluation.metrics.map50,
+        evaluation.metrics.map50_95,
+        evaluation.metrics.precision_at_conf,
+        evaluation.metrics.recall_at_conf,
         settings.pr_confidence,
-        seconds,
+        evaluation.seconds,
     )
     return result
+
+
+def cell_results(
+    evaluation: SplitEvaluation,
+    dataset: DetectionDataset,
+    manifest: DatasetManifest,
+    split: str,
+    settings: EvalSettings,
+    device: torch.device,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """What a cell's metrics.json and detections.json hold (the former with an empty
+    ``cell``): built here for the evaluate job and for the train job's final evaluation, so
+    that the two write the same files."""
+    image_id_map = coco_image_ids(record.id for record in dataset.records)
+    coco_results = to_coco_results(evaluation.detections, image_id_map)
+    result = {
+        "cell": {},
+        "dataset": manifest.dataset,
+        "split": split,
+        "num_images": evaluation.num_images,
+        "img_size": dataset.img_size,
+        "nms": {
+            "conf_threshold": settings.conf_threshold,
+            "iou_threshold": settings.nms_iou,
+            "max_detections_per_image": settings.max_detections,
+        },
+        "metrics": evaluation.metrics.to_dict(),
+        "val_loss": evaluation.losses,
+        "val_loss_definition": (
+            f"mean per-image training loss terms (box 1-CIoU, objectness BCE, class BCE, with "
+            f"the training gains) on the {split} split"
+        ),
+        "eval_seconds": evaluation.seconds,
+        "device": str(device),
+    }
+    return result, coco_results
+
+
+def save_final_evaluation(
+    path: Path,
+    evaluation: SplitEvaluation,
+    dataset: DetectionDataset,
+    manifest: DatasetManifest,
+    split: str,
+    settings: EvalSettings,
+    hyp: TrainHyperparameters,
+    device: torch.device,
+    weights_path: Path,
+) -> None:
+    """The train job's evaluation of its final weights, for the evaluate job to reuse (see
+    detbench.final_evaluation)."""
+    result, coco_results = cell_results(evaluation, dataset, manifest, split, settings, device)
+    key = final_evaluation.evaluation_key(
+        split, dataclasses.asdict(settings), dataclasses.asdict(hyp), manifest.path, weights_path
+    )
+    final_evaluation.save(path, key, result, coco_results)
 
 
 def raise_mismatch(weights_path: str | Path, names: list[str], manifest: DatasetManifest) -> None:

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from detbench import atomic
-from detbench.cells import CHECKPOINTS, GPU_SAMPLES, HISTORY, RUN_RECORD, WEIGHTS
+from detbench.cells import CHECKPOINTS, FINAL_EVALUATION, GPU_SAMPLES, HISTORY, RUN_RECORD, WEIGHTS
 from detbench.checkpoint import (
     CheckpointClock,
     load_latest_checkpoint,
@@ -39,7 +39,7 @@ from detbench.engine import (
     seed_everything,
     train_one_epoch,
 )
-from detbench.evaluate import evaluate_model
+from detbench.evaluate import SplitEvaluation, evaluate_model, save_final_evaluation
 from detbench.inference import save_trained_model
 from detbench.loss import YoloLoss
 from detbench.models.flops import ModelFlops
@@ -145,6 +145,7 @@ def train(
         checkpoints = CheckpointClock(settings.hyp.checkpoint_interval_s)
         startup_s = process_age_s()  # the first step starts now
         batches = iter(loader)
+        final: SplitEvaluation | None = None  # the last epoch's, if evaluated: the final one
         for epoch in range(state.next_epoch, settings.epochs):
             row = train_one_epoch(state, batches, plan, epoch)
             row |= flops.utilisation(row["images_per_second"])
@@ -152,9 +153,10 @@ def train(
             state.next_epoch = epoch + 1
             _log_epoch(row, settings)
             if eval_dataset is not None and interim_evaluation_due(settings, epoch):
-                row |= evaluate_during_training(
+                final = evaluate_during_training(
                     state, eval_dataset, manifest, interim_evaluation, settings, device
                 )
+                row |= final.history_columns()
             state.history.append(row)
             if state.next_epoch < settings.epochs and checkpoints.due():
                 with checkpoints.timing():
@@ -176,6 +178,15 @@ def train(
             settings, device, monitor.gpu_info, platform_label, cell_config, outputs.record
         )
         atomic.write_json(outputs.record, record)
+        if eval_dataset is not None:
+            final = final or evaluate_during_training(
+                state, eval_dataset, manifest, interim_evaluation, settings, device
+            )
+            save_final_evaluation(
+                outputs.weights.with_name(FINAL_EVALUATION), final, eval_dataset, manifest,
+                *(interim_evaluation.split, interim_evaluation.settings, settings.hyp, device),
+                outputs.weights,
+            )
         remove_checkpoints(outputs.resume_dir)
         return record
 
@@ -183,9 +194,9 @@ def train(
 def _interim_dataset(
     manifest: DatasetManifest, settings: TrainSettings, interim: InterimEvaluation | None
 ) -> DetectionDataset | None:
-    """The split evaluated during training, built once for all of the job's evaluations; a
-    missing split fails here, before the first epoch."""
-    if interim is None or settings.hyp.eval_interval_epochs <= 0:
+    """The split evaluated during training and at its end (the final evaluation), built once
+    for all of the job's evaluations; a missing split fails here, before the first epoch."""
+    if interim is None:
         return None
     return DetectionDataset(manifest.records(interim.split), settings.img_size)
 
@@ -244,7 +255,7 @@ def evaluate_during_training(
     interim: InterimEvaluation,
     settings: TrainSettings,
     device: torch.device,
-) -> dict[str, float]:
+) -> SplitEvaluation:
     """The evaluate job's computation on the weights it would get now (the EMA's, if any).
 
     Leaves training exactly as it was: the evaluation's DataLoader draws a seed from torch's
@@ -264,12 +275,7 @@ def evaluate_during_training(
         total_loss,
         evaluation.seconds,
     )
-    return {
-        "eval_map50": evaluation.metrics.map50,
-        "eval_map50_95": evaluation.metrics.map50_95,
-        "eval_total_loss": total_loss,
-        "eval_seconds": evaluation.seconds,
-    }
+    return evaluation
 
 
 def _run_record(

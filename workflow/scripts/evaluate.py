@@ -1,30 +1,39 @@
 """Rule evaluate: metrics of one trained cell on the held-out split."""
 
+import dataclasses
 import sys
 from pathlib import Path
 
 # detbench from this checkout, also where it is not installed (e.g. a conda env of its own).
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
-from detbench.cells import cell_of
+from detbench import final_evaluation
+from detbench.cells import FINAL_EVALUATION, cell_of
 from detbench.config import EvalSettings, TrainHyperparameters, with_runtime_keys
-from detbench.evaluate import evaluate_cell
 from detbench.workflow import run_rule
 
 
 def main() -> None:
     config = snakemake.params.config
+    split = config["dataset"]["eval_split"]
+    settings = EvalSettings.from_dict(config["evaluate"])
+    # Device and speed settings from the workflow config: see RUNTIME_TRAIN_KEYS.
+    hyp = TrainHyperparameters.from_dict(with_runtime_keys(config["train"], snakemake.config))
+    manifest = Path(snakemake.input.dataset) / "manifest.json"
+    weights = Path(snakemake.input.weights)
+    key = final_evaluation.evaluation_key(
+        split, dataclasses.asdict(settings), dataclasses.asdict(hyp), manifest, weights
+    )
+    output, cell = snakemake.output, cell_of(snakemake.output.metrics)
+    saved = weights.with_name(FINAL_EVALUATION)
+    if final_evaluation.reuse(saved, key, output.metrics, output.detections, cell):
+        return
+    # Imported only now: torch and the model are what reusing the train job's result saves.
+    from detbench.evaluate import evaluate_cell
+
     evaluate_cell(
-        snakemake.input.weights,
-        Path(snakemake.input.dataset) / "manifest.json",
-        config["dataset"]["eval_split"],
-        EvalSettings.from_dict(config["evaluate"]),
-        # Device and speed settings from the workflow config: see RUNTIME_TRAIN_KEYS.
-        TrainHyperparameters.from_dict(with_runtime_keys(config["train"], snakemake.config)),
-        snakemake.output.metrics,
-        snakemake.output.detections,
-        cell=cell_of(snakemake.output.metrics),
-        threads=snakemake.threads,
+        weights, manifest, split, settings, hyp, output.metrics, output.detections,
+        cell=cell, threads=snakemake.threads,
     )
 
 
