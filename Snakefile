@@ -29,6 +29,8 @@ include: "rules/profile.smk"
 include: "rules/evaluate.smk"
 include: "rules/aggregate.smk"
 include: "rules/report.smk"
+# Last: the checks read the rules above.
+include: "rules/checks.smk"
 
 
 rule all:

@@ -1,7 +1,9 @@
 """Atomic file output: a killed job never leaves a half-written file that looks complete.
 
 Everything is written to a temporary sibling first and renamed into place (``os.replace`` is
-atomic on POSIX within one file system).
+atomic on POSIX within one file system). The temporary file or folder is created with the
+permissions the umask gives (0644 and 0755 under umask 022), not tempfile's private 0600/0700:
+results on a cluster's shared group file system must be readable by colleagues.
 """
 
 from __future__ import annotations
@@ -9,11 +11,47 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
+
+# Tries at a fresh random name before giving up (a clash needs another writer of the same file).
+_NAME_ATTEMPTS = 100
+_Created = TypeVar("_Created")
+
+
+def _create_sibling(target: Path, create: Callable[[Path], _Created]) -> _Created:
+    """``create(name)`` at a fresh hidden name beside ``target``; ``create`` must fail with
+    FileExistsError when the name is taken (O_EXCL, mkdir), as tempfile's functions do."""
+    for _ in range(_NAME_ATTEMPTS):
+        name = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return create(name)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{target.parent}: no free temporary name for {target.name}")
+
+
+def _create_sibling_file(target: Path) -> tuple[int, str]:
+    """A new, empty temporary file beside ``target``, open for writing. Mode 0o666 is filtered
+    by the umask (and a default ACL), as for any file a program creates."""
+
+    def create(name: Path) -> tuple[int, str]:
+        return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(name)
+
+    return _create_sibling(target, create)
+
+
+def _create_sibling_directory(target: Path) -> Path:
+    """A new, empty temporary folder beside ``target`` (mode 0o777 filtered by the umask)."""
+
+    def create(name: Path) -> Path:
+        name.mkdir(0o777)
+        return name
+
+    return _create_sibling(target, create)
 
 
 @contextlib.contextmanager
@@ -23,7 +61,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
         raise ValueError(f"atomic_open supports 'w' and 'wb', not {mode!r}")
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = _create_sibling_file(target)
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
@@ -62,7 +100,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; on success it replaces ``path`` whole."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = _create_sibling_directory(target)
     try:
         yield tmp
         if target.exists():

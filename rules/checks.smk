@@ -1,0 +1,83 @@
+# Checks in the Snakemake process the user started, before any job runs (never in the jobs):
+#   - a profile's platform label dropped by --config on the command line (invocation.py),
+#   - each rule's Slurm request against the partition's nodes; jobs that can never start are
+#     reported and cancelled during the run (slurm_check.py),
+#   - cells that kept their metrics but lost other files are rebuilt (completeness.py).
+
+from snakemake.logging import logger
+from snakemake_interface_executor_plugins.settings import ExecMode
+
+from detbench.completeness import incomplete_cells
+from detbench.invocation import check_profile_config_kept, current_invocation
+from detbench.slurm_check import (
+    check_requests,
+    describe_requests,
+    read_nodes,
+    rule_requests,
+    watch_stuck_jobs,
+)
+
+
+def check_slurm_requests(invocation):
+    """Stop before submitting when a rule asks for more than any node of its partition has;
+    a dry run lists what each job will ask sbatch for."""
+    requests = rule_requests(
+        workflow.rules,
+        # (the localrules names: Workflow.is_local needs the executor, unknown while parsing)
+        local_rules=workflow._localrules,
+        max_threads=workflow.resource_settings.max_threads,
+    )
+    try:
+        nodes = read_nodes()
+    except DetbenchError as error:
+        if not invocation.dryrun:
+            raise
+        logger.warning(f"detbench: requests not checked against the cluster: {error}")
+        nodes = None
+    if invocation.dryrun:
+        lines = describe_requests(requests, nodes)
+        logger.info("detbench: Slurm jobs will ask sbatch for\n" + "\n".join(lines))
+    if nodes is not None:
+        check_requests(requests, nodes)
+
+
+def cell_file_names():
+    """The files of a complete cell: every output of train and evaluate."""
+    return [Path(path).name for path in rules.train.output + rules.evaluate.output]
+
+
+def remove_stale_evaluations(invocation):
+    """Study cells that kept their metrics.json but lost other files: Snakemake would never
+    rebuild them (a missing intermediate whose consumers exist) and would summarise stale
+    metrics. Their evaluation and the summary go, so this run rebuilds them."""
+    evaluation = Path(rules.evaluate.output.metrics).name
+    stale = incomplete_cells(study_cells(), cell_file_names(), evaluation)
+    for cell in stale:
+        logger.warning(f"detbench: {cell.describe(rebuilt=invocation.runs_jobs)}")
+        if not invocation.runs_jobs:
+            continue
+        derived = [cell.folder / Path(path).name for path in rules.evaluate.output]
+        for path in derived + [Path(path) for path in rules.aggregate.output]:
+            path.unlink(missing_ok=True)
+
+
+def run_checks():
+    invocation = current_invocation()
+    if invocation is None:
+        return  # Snakemake's API, not a command line: nothing to compare with
+    check_profile_config_kept(invocation, "platform", config["platform"])
+    if invocation.executor == "slurm":
+        check_slurm_requests(invocation)
+    remove_stale_evaluations(invocation)
+
+
+if workflow.exec_mode == ExecMode.DEFAULT:
+    try:
+        run_checks()
+    except DetbenchError as error:
+        raise WorkflowError(f"detbench error: {error}")
+
+
+onstart:
+    if workflow.executor_plugin.name == "slurm":
+        watch_stuck_jobs(Path.cwd(), lambda line: logger.error(f"detbench: {line}"))

@@ -1,0 +1,340 @@
+"""Slurm requests that fit the partition, and jobs that can never start.
+
+Before anything is submitted, each rule's request (what snakemake-executor-plugin-slurm will
+pass to sbatch: partition, CPUs, memory, GPUs) is checked against the partition's nodes
+(`sinfo`): a request no node can meet would sit PENDING (PartitionConfig) forever while
+Snakemake prints nothing. During the run, a job pending for a reason that cannot clear on its
+own is reported and cancelled instead of waited on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from detbench.errors import DetbenchError
+
+# squeue reasons a pending job never leaves without someone changing the job or the cluster.
+NEVER_CLEARS = {
+    "PartitionConfig": "no node of the partition has that many CPUs, that much memory or GPUs",
+    "PartitionNodeLimit": "more nodes than the partition allows",
+    "PartitionTimeLimit": "a wall time above the partition's MaxTime",
+    "BadConstraints": "constraints no node meets",
+    "InvalidAccount": "an account that does not exist or is not yours",
+    "InvalidQOS": "a QOS that does not exist or is not yours",
+}
+# Reasons that clear once the partition is up again: final only while it is down.
+WHILE_DOWN = ("ReqNodeNotAvail", "PartitionDown", "PartitionInactive", "Nodes_required")
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """What one rule's Slurm job asks for; None where the plugin passes nothing."""
+
+    rule: str
+    partition: str | None
+    cpus: int | None
+    mem_mb: int | None
+    gpus: int = 0
+    gpu_model: str | None = None
+
+    def sbatch(self) -> str:
+        """The request as the plugin writes it on the sbatch command line."""
+        parts = [f"-p {self.partition}"] if self.partition else []
+        if self.cpus is not None:
+            parts.append(f"--cpus-per-task={self.cpus}")
+        if self.mem_mb is not None:
+            parts.append(f"--mem {self.mem_mb}")
+        if self.gpus:
+            model = f"{self.gpu_model}:" if self.gpu_model else ""
+            parts.append(f"--gpus={model}{self.gpus}")
+        return " ".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Node:
+    """One node of one partition as sinfo shows it."""
+
+    name: str
+    partition: str
+    default: bool  # the partition jobs go to without -p
+    cpus: int
+    mem_mb: int
+    gpus: Mapping[str, int]  # GPU type -> count; "" counts every GPU of the node
+    partition_up: bool
+
+    def fits(self, request: Request) -> bool:
+        return (
+            (request.cpus is None or request.cpus <= self.cpus)
+            and (request.mem_mb is None or request.mem_mb <= self.mem_mb)
+            and request.gpus <= self.gpus.get(request.gpu_model or "", 0)
+        )
+
+    def describe(self) -> str:
+        gpus = self.gpus.get("", 0)
+        return f"{self.name}: {self.cpus} CPUs, {self.mem_mb} MB, {gpus} GPU{'s' * (gpus != 1)}"
+
+
+# sinfo, one line per node and partition: partition (default marked *), node, CPUs, memory
+# (MB), generic resources, partition availability.
+SINFO_FORMAT = "%P|%N|%c|%m|%G|%a"
+
+
+def parse_gres(text: str) -> dict[str, int]:
+    """GPU counts of a node from sinfo's %G ("gpu:2", "gpu:p40:2(S:0-1)", "(null)")."""
+    counts: dict[str, int] = {}
+    for item in re.split(r",(?![^(]*\))", text):
+        fields = re.sub(r"\(.*?\)", "", item).strip().split(":")
+        if fields[0] != "gpu" or len(fields) < 2:
+            continue
+        kind, count = (fields[1], fields[2]) if len(fields) > 2 else ("", fields[1])
+        number = int(re.match(r"\d+", count).group()) if re.match(r"\d+", count) else 0
+        counts[""] = counts.get("", 0) + number
+        if kind:
+            counts[kind] = counts.get(kind, 0) + number
+    return counts
+
+
+def parse_sinfo(text: str) -> list[Node]:
+    """Nodes from `sinfo --noheader --Node --format=SINFO_FORMAT`."""
+    nodes = []
+    for line in text.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) != 6:
+            continue
+        partition, name, cpus, mem, gres, available = fields
+        nodes.append(
+            Node(
+                name=name,
+                partition=partition.rstrip("*"),
+                default=partition.endswith("*"),
+                cpus=int(cpus.rstrip("+")),
+                mem_mb=int(mem.rstrip("+")),
+                gpus=parse_gres(gres),
+                partition_up=available.strip() == "up",
+            )
+        )
+    return nodes
+
+
+def read_nodes(run: Callable[[list[str]], str] | None = None) -> list[Node] | None:
+    """The cluster's nodes per partition, or None where there is no sinfo (a laptop)."""
+    if run is None:
+        if shutil.which("sinfo") is None:
+            return None
+        run = _command_output
+    return parse_sinfo(run(["sinfo", "--noheader", "--Node", f"--format={SINFO_FORMAT}"]))
+
+
+def partition_nodes(nodes: Sequence[Node], partition: str | None) -> tuple[str, list[Node]]:
+    """The partition a request goes to (the default one where it names none) and its nodes."""
+    if partition is None:
+        defaults = {node.partition for node in nodes if node.default}
+        if not defaults:
+            return "(default)", []
+        partition = sorted(defaults)[0]
+    return partition, [node for node in nodes if node.partition == partition]
+
+
+def largest(nodes: Sequence[Node]) -> Node:
+    return max(nodes, key=lambda node: (node.gpus.get("", 0), node.cpus, node.mem_mb))
+
+
+def check_requests(requests: Iterable[Request], nodes: Sequence[Node]) -> None:
+    """Raise a one-line DetbenchError for the first request no node of its partition meets."""
+    for request in requests:
+        partition, members = partition_nodes(nodes, request.partition)
+        if not members:
+            known = ", ".join(sorted({node.partition for node in nodes})) or "none"
+            raise DetbenchError(
+                f"rule {request.rule}: partition {partition} not found by sinfo "
+                f"(partitions: {known}); set slurm_partition in profiles/slurm/config.yaml"
+            )
+        if not any(node.fits(request) for node in members):
+            raise DetbenchError(
+                f"rule {request.rule}: asks {request.sbatch()}, more than any node of partition "
+                f"{partition} has (largest node {largest(members).describe()}); lower it in the "
+                f"profile (set-threads, set-resources: {request.rule}: mem_mb/gpu) or choose "
+                "another partition"
+            )
+
+
+def describe_requests(requests: Iterable[Request], nodes: Sequence[Node] | None) -> list[str]:
+    """One line per rule for the plan: what each job will ask sbatch for."""
+    lines = []
+    for request in requests:
+        line = f"  {request.rule}: {request.sbatch()}"
+        if nodes:
+            partition, members = partition_nodes(nodes, request.partition)
+            if members:
+                line += f"  (partition {partition}, largest node {largest(members).describe()})"
+        lines.append(line)
+    return lines
+
+
+# --------------------------------------------------------------------------- from Snakemake
+
+
+def rule_requests(
+    rules: Iterable[Any], *, local_rules: set[str], max_threads: int | None
+) -> list[Request]:
+    """The request of each rule submitted to Slurm, as snakemake-executor-plugin-slurm forms
+    it (threads, or cpus_per_task where given; mem_mb or mem_mb_per_cpu; gpu, gpu_model).
+
+    Rules are evaluated without a job: threads are the rule's, capped by --max-threads only (a
+    dry run caps them at its one core, which is not what Slurm is asked for), and a resource
+    that needs a job's wildcards or input is left out.
+    """
+    requests = []
+    for rule in rules:
+        if rule.name in local_rules or rule.norun:
+            continue
+        threads = _value(rule, "_cores", threads=1) or 1
+        if max_threads is not None:
+            threads = min(threads, max_threads)
+        requests.append(_request(rule, threads))
+    return requests
+
+
+def _request(rule: Any, threads: int) -> Request:
+    def value(name: str) -> Any:
+        return _value(rule, name, threads=threads)
+
+    cpus = value("cpus_per_task")
+    cpus = threads if cpus is None else max(1, cpus)
+    per_cpu = value("mem_mb_per_cpu")
+    gpus = value("gpu")
+    return Request(
+        rule=rule.name,
+        partition=value("slurm_partition"),
+        cpus=cpus,
+        mem_mb=per_cpu * cpus if per_cpu else value("mem_mb"),
+        gpus=int(gpus or _gres_gpus(value("gres")) or 0),
+        gpu_model=value("gpu_model"),
+    )
+
+
+def _gres_gpus(gres: Any) -> int:
+    return parse_gres(str(gres)).get("", 0) if gres else 0
+
+
+def _value(rule: Any, name: str, *, threads: int) -> Any:
+    resource = rule.resources.get(name)
+    if resource is None:
+        return None
+    if resource.is_evaluable():
+        try:
+            resource = resource.evaluate(
+                wildcards=None,
+                input=None,
+                attempt=1,
+                threads=threads,
+                rulename=rule.name,
+                async_run=None,
+            )
+        except Exception:  # it needs a job (wildcards, input): not checkable before one
+            return None
+    value = resource.value
+    return None if value is None or value == "" else value
+
+
+# --------------------------------------------------------------------------- pending jobs
+
+
+@dataclasses.dataclass(frozen=True)
+class StuckJob:
+    """A pending job of this workflow that cannot start."""
+
+    job_id: str
+    comment: str  # the plugin's rule_<rule>_wildcards_<values>
+    partition: str
+    reason: str
+    why: str
+
+    def describe(self) -> str:
+        return (
+            f"Slurm job {self.job_id} ({self.comment}) can never start: pending for "
+            f"{self.reason} ({self.why}) in partition {self.partition}; cancelled"
+        )
+
+
+# squeue: job id, comment, reason, partition, working directory.
+SQUEUE_FORMAT = "%i|%k|%r|%P|%Z"
+
+
+def stuck_jobs(squeue: str, workdir: Path, down_partitions: set[str]) -> list[StuckJob]:
+    """Jobs of the workflow in ``workdir`` in `squeue --states=PENDING --format=SQUEUE_FORMAT`
+    output that wait for something that will not come."""
+    stuck = []
+    for line in squeue.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) != 5:
+            continue
+        job_id, comment, reason, partition, job_dir = fields
+        if not comment.startswith("rule_") or Path(job_dir) != workdir:
+            continue  # another workflow's or someone else's job
+        why = _why_never(reason, partition, down_partitions)
+        if why:
+            stuck.append(StuckJob(job_id, comment, partition, reason, why))
+    return stuck
+
+
+def _why_never(reason: str, partition: str, down_partitions: set[str]) -> str | None:
+    if reason in NEVER_CLEARS:
+        return NEVER_CLEARS[reason]
+    if reason.startswith(WHILE_DOWN) and partition in down_partitions:
+        return "the partition is down"
+    return None
+
+
+def cancel_stuck_jobs(
+    workdir: Path,
+    report: Callable[[str], None],
+    run: Callable[[list[str]], str] | None = None,
+) -> list[StuckJob]:
+    """Report and scancel this workflow's jobs that can never start; Snakemake then sees them
+    fail (with --retries, resubmits them and they are cancelled again) instead of waiting."""
+    run = run or _command_output
+    nodes = parse_sinfo(run(["sinfo", "--noheader", "--Node", f"--format={SINFO_FORMAT}"]))
+    down = {node.partition for node in nodes if not node.partition_up}
+    pending = run(["squeue", "--me", "--noheader", "--states=PENDING", f"--format={SQUEUE_FORMAT}"])
+    stuck = stuck_jobs(pending, workdir.resolve(), down)
+    for job in stuck:
+        run(["scancel", job.job_id])
+        report(job.describe())
+    return stuck
+
+
+def _command_output(command: list[str]) -> str:
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+    except subprocess.CalledProcessError as error:
+        said = (error.stderr or "").strip().splitlines()
+        raise DetbenchError(f"{command[0]}: failed ({said[0] if said else error})") from None
+    except (OSError, subprocess.SubprocessError) as error:
+        raise DetbenchError(f"{command[0]}: failed ({error})") from None
+    return result.stdout
+
+
+def watch_stuck_jobs(
+    workdir: Path, report: Callable[[str], None], *, interval_s: float = 30
+) -> threading.Event:
+    """Look for stuck jobs every ``interval_s`` seconds in a background thread, for as long as
+    the process lives; set the returned event to stop earlier."""
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(interval_s):
+            try:
+                cancel_stuck_jobs(workdir, report)
+            except DetbenchError as error:
+                report(f"cannot look for Slurm jobs that never start: {error}")
+
+    threading.Thread(target=watch, name="detbench-stuck-jobs", daemon=True).start()
+    return stop
