@@ -51,7 +51,8 @@ def remove_stale_evaluations(invocation):
     rebuild them (a missing intermediate whose consumers exist) and would summarise stale
     metrics. Their evaluation and the summary go, so this run rebuilds them."""
     evaluation = Path(rules.evaluate.output.metrics).name
-    stale = incomplete_cells(study_cells(), cell_file_names(), evaluation)
+    folders = [cell.folder() for cell in planning.study_cells(config)]
+    stale = incomplete_cells(folders, cell_file_names(), evaluation)
     for cell in stale:
         logger.warning(f"detbench: {cell.describe(rebuilt=invocation.runs_jobs)}")
         if not invocation.runs_jobs:
