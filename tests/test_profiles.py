@@ -38,8 +38,8 @@ def resource_value(resources: dict, name: str) -> object:
     return resources[name].value
 
 
-def dry_run(workdir: Path, *args: str) -> list[dict[str, str]]:
-    """The jobs of `snakemake -n ARGS` in workdir: rule, wildcards and resources of each."""
+def dry_run_output(workdir: Path, *args: str) -> str:
+    """What `snakemake -n ARGS` in workdir prints."""
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--dry-run", *args],
         cwd=workdir,
@@ -48,9 +48,19 @@ def dry_run(workdir: Path, *args: str) -> list[dict[str, str]]:
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def dry_run(workdir: Path, *args: str) -> list[dict[str, str]]:
+    """The jobs of `snakemake -n ARGS` in workdir: rule, wildcards and resources of each."""
+    return planned_jobs(dry_run_output(workdir, *args))
+
+
+def planned_jobs(output: str) -> list[dict[str, str]]:
+    """Rule, wildcards and resources of each job of a dry run's output."""
     jobs = []
     # A job of a group (rules/train.smk's "cell") is listed indented under "Group job".
-    for block in re.split(r"\n(?=[ \t]*(?:local)?rule \w+:)", result.stdout + result.stderr):
+    for block in re.split(r"\n(?=[ \t]*(?:local)?rule \w+:)", output):
         match = re.match(r"[ \t]*(?:local)?rule (\w+):", block)
         if not match:
             continue
@@ -163,7 +173,19 @@ def test_slurm_profile_plans_gpu_requests_and_train_wall_times(workdir: Path) ->
     # A dry run needs no Slurm: the plan shows what each job would ask sbatch for.
     holders = gpu_rules(profile_args("profiles/slurm"))
     # The study (config/config.yaml), as a user runs it.
-    jobs = dry_run(workdir, "--profile", str(REPO / "profiles" / "slurm"))
+    output = dry_run_output(workdir, "--profile", str(REPO / "profiles" / "slurm"))
+    jobs = planned_jobs(output)
+    # Snakemake's own lines show the one core of a dry run (cpus_per_task=1); detbench's list
+    # shows what sbatch will get: the rules' threads.
+    requests = output.split("detbench: Slurm jobs will ask sbatch for\n", 1)[1]
+    lines = dict(line.strip().split(": ", 1) for line in requests.splitlines()[:5])
+    assert {rule: line.split("  (")[0] for rule, line in lines.items()} == {
+        "convert": "-p gpu --cpus-per-task=1 --mem 16000",
+        "train": "-p gpu --cpus-per-task=4 --mem 16000 --gpus=1",
+        "profile": "-p gpu --cpus-per-task=4 --mem 16000 --gpus=1",
+        "evaluate": "-p gpu --cpus-per-task=4 --mem 16000 --gpus=1",
+        "aggregate": "-p gpu --cpus-per-task=1 --mem 16000",
+    }
     runtimes: dict[tuple[str, int, int], int] = {}
     for job in jobs:
         resources = resources_of(job)

@@ -10,6 +10,9 @@ own records show what was submitted: one Slurm job per cell (its train and evalu
 group "cell"), one for the profile, one per other rule job, and what each asked for: one GPU
 for the cells and the profile, none for the rest.
 
+What stops before anything is submitted: a request larger than the node, and a --config that
+drops the profile's platform label. A job pending for a reason that never clears is cancelled.
+
 Needs root and Debian's munge, slurmctld, slurmd and slurm-client; skipped without them.
 """
 
@@ -49,8 +52,9 @@ def slurm(tmp_path_factory: pytest.TempPathFactory):
         yield cluster
 
 
-def snakemake(workdir: Path, log: Path) -> subprocess.Popen:
-    """The user's command with the test cluster's profile layered on; output to `log`."""
+def snakemake(workdir: Path, log: Path, *extra: str) -> subprocess.Popen:
+    """The user's command with the test cluster's profile layered on, and ``extra`` options;
+    output to `log`."""
     command = [
         # The plugin submits jobs that run this same interpreter's Snakemake (.venv's).
         sys.executable,
@@ -58,6 +62,7 @@ def snakemake(workdir: Path, log: Path) -> subprocess.Popen:
         "snakemake",
         # The summary and what it needs; the report's figures are other tests' business.
         "results/summary.csv",
+        *extra,
         "--profile",
         str(REPO / "profiles" / "slurm"),
         "--profile",
@@ -203,3 +208,79 @@ def test_slurm_profile_runs_a_study_and_resumes_a_cancelled_train_job(
     # The evaluate jobs copied their train job's evaluation (detbench.final_evaluation).
     for cell in (long_cell, short_cell):
         assert "copied" in (cell / "logs" / "evaluate.log").read_text(), cell
+
+
+def test_slurm_profile_stops_before_submitting_what_cannot_run(
+    slurm: SlurmCluster, tmp_path: Path, workflow_copier: Callable[[Path], Path]
+) -> None:
+    workdir = workflow_copier(tmp_path / "workflow")
+    seen = {job["id"] for job in slurm.jobs()}
+
+    # Train and evaluate ask for 4 CPUs (their threads) once the test profile's max-threads
+    # no longer caps them: the node has 2. Slurm would leave such a job PENDING forever.
+    log = tmp_path / "too-large.log"
+    started = time.monotonic()
+    returncode, output = finish(snakemake(workdir, log, "--max-threads", "4"), log)
+    assert returncode != 0
+    assert (
+        "detbench error: rule train: asks -p detbench --cpus-per-task=4 --mem 1000 --gpus=1, "
+        f"more than any node of partition detbench has (largest node {slurm.node}: 2 CPUs"
+    ) in output, tail(log)
+    assert time.monotonic() - started < 60  # fails fast: nothing was submitted
+
+    # --config on the command line replaces the profile's config: block, and with it the
+    # platform label; the run is refused with the fix, which keeps the label.
+    log = tmp_path / "config.log"
+    returncode, output = finish(snakemake(workdir, log, "--config", "seed=1"), log)
+    assert returncode != 0
+    assert (
+        "sets platform: baremetal-p40 under config:, but --config seed=1 on the command line "
+        "replaces that whole block (platform would be test-slurm); add platform=baremetal-p40"
+    ) in output, tail(log)
+    log = tmp_path / "config-fixed.log"
+    fixed = ("--config", "seed=1", f"platform={PLATFORM}", "--dry-run")
+    returncode, output = finish(snakemake(workdir, log, *fixed), log)
+    assert returncode == 0, tail(log)
+    assert f"results/{PLATFORM}/yolov3-tiny/b4_e1/run.json" in output
+    assert "results/test-slurm/" not in output
+    # The plan says what each job asks for, as the cluster will see it.
+    assert (
+        "  train: -p detbench --cpus-per-task=1 --mem 1000 --gpus=1  (partition detbench" in output
+    )
+
+    assert {job["id"] for job in slurm.jobs()} == seen, "nothing may have been submitted"
+    assert not (workdir / "results").exists()
+
+
+def test_a_job_that_can_never_start_is_reported_and_cancelled(
+    slurm: SlurmCluster, tmp_path: Path
+) -> None:
+    from detbench.slurm_check import cancel_stuck_jobs
+
+    # As the plugin submits (a rule_ comment, the workflow's folder), more CPUs than the node
+    # has: Slurm accepts it and leaves it PENDING (PartitionConfig).
+    request = ["--partition", slurm.partition, "--cpus-per-task=8"]
+    plugin_like = ["--comment", "rule_train_wildcards_x", "-D", str(tmp_path)]
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", *request, *plugin_like, "--wrap", "true"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    job_id = submitted.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + 60
+    while slurm.show_job(job_id).get("Reason") != "PartitionConfig":
+        assert time.monotonic() < deadline, slurm.show_job(job_id)
+        time.sleep(0.5)
+    reported: list[str] = []
+    (stuck,) = cancel_stuck_jobs(tmp_path, reported.append)
+    assert stuck.job_id == job_id
+    assert reported == [
+        f"Slurm job {job_id} (rule_train_wildcards_x) can never start: pending for "
+        "PartitionConfig (no node of the partition has that many CPUs, that much memory or "
+        f"GPUs) in partition {slurm.partition}; cancelled"
+    ]
+    deadline = time.monotonic() + 30
+    while slurm.show_job(job_id).get("JobState") != "CANCELLED":
+        assert time.monotonic() < deadline, slurm.show_job(job_id)
+        time.sleep(0.5)
