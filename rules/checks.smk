@@ -7,7 +7,7 @@
 from snakemake.logging import logger
 from snakemake_interface_executor_plugins.settings import ExecMode
 
-from detbench.completeness import incomplete_cells
+from detbench.completeness import incomplete_cells, partial_cells
 from detbench.invocation import check_profile_config_kept, current_invocation
 from detbench.slurm_check import (
     check_requests,
@@ -60,6 +60,25 @@ def remove_stale_evaluations(invocation):
         derived = [cell.folder / Path(path).name for path in rules.evaluate.output]
         for path in derived + [Path(path) for path in rules.aggregate.output]:
             path.unlink(missing_ok=True)
+    remove_stale_summary(invocation, folders)
+
+
+def remove_stale_summary(invocation, folders):
+    """A summary whose cells lost files (a cancelled job group removes a cell's train and
+    evaluate outputs together) would stand as up to date: Snakemake does not rebuild missing
+    inputs of an existing output. It goes, so the run rebuilds the cells and then it."""
+    summary = Path(rules.aggregate.output.summary)
+    gaps = partial_cells(folders, cell_file_names()) if summary.exists() else []
+    if not gaps:
+        return
+    what = "is rebuilt" if invocation.runs_jobs else "a run (without -n) rebuilds it"
+    logger.warning(
+        f"detbench: {summary}: {len(gaps)} of its cells lack files ({gaps[0].folder}: "
+        f"{', '.join(gaps[0].missing)}); the summary is stale and {what}"
+    )
+    if invocation.runs_jobs:
+        for path in rules.aggregate.output:
+            Path(path).unlink(missing_ok=True)
 
 
 def run_checks():

@@ -41,3 +41,16 @@ def test_a_missing_evaluate_output_beside_the_metrics_counts_too(tmp_path: Path)
     folder = cell(tmp_path, "b8_e1", tuple(f for f in FILES if f != "detections.json"))
     (found,) = incomplete_cells([str(folder)], FILES, "metrics.json")
     assert found.missing == ("detections.json",)
+
+
+def test_partial_cells_lack_some_files_or_ran_and_lost_all(tmp_path: Path) -> None:
+    from detbench.completeness import partial_cells
+
+    names = ("weights.pt", "run.json", "metrics.json")
+    untouched, ran, half = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    untouched.mkdir()
+    (ran / "logs").mkdir(parents=True)  # a cancelled job group removed every output
+    half.mkdir()
+    (half / "weights.pt").write_text("w")
+    found = {cell.folder: cell.missing for cell in partial_cells([untouched, ran, half], names)}
+    assert found == {ran: names, half: ("run.json", "metrics.json")}

@@ -8,7 +8,9 @@ run reports that job failed and still finishes the other cell. The second run re
 cancelled cell from its checkpoint, finishes it and builds the summary. Along the way Slurm's
 own records show what was submitted: one Slurm job per cell (its train and evaluate jobs, the
 group "cell"), one for the profile, one per other rule job, and what each asked for: one GPU
-for the cells and the profile, none for the rest.
+for the cells and the profile, none for the rest. A third run retrains the b4_e1 cell
+(--forcerun) and has its job cancelled without retries; the README's recovery command (the same
+command again) gives a complete cell and a rebuilt summary.
 
 What stops before anything is submitted: a request larger than the node, and a --config that
 drops the profile's platform label. A job pending for a reason that never clears is cancelled.
@@ -36,6 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
 PLATFORM = "baremetal-p40"  # profiles/slurm's platform label
 CELL_JOB = ("evaluate", "train")  # a cell's Slurm job: the group "cell", rules sorted
 GPU_JOBS = (CELL_JOB, ("profile",))
+# Every file of a complete cell (the outputs of train and evaluate).
+CELL_FILES = ("weights.pt", "history.csv", "run.json", "gpu_samples.csv", "metrics.json")
+CELL_FILES += ("detections.json",)
 RUN_TIMEOUT = 480  # seconds per Snakemake run; a few minutes on 2 busy cores is usual
 
 
@@ -208,6 +213,40 @@ def test_slurm_profile_runs_a_study_and_resumes_a_cancelled_train_job(
     # The evaluate jobs copied their train job's evaluation (detbench.final_evaluation).
     for cell in (long_cell, short_cell):
         assert "copied" in (cell / "logs" / "evaluate.log").read_text(), cell
+
+    # --- Run 3: a forced retrain of b4_e1 cancelled without retries (the test profile's
+    # --retries 0): the run fails and the cell is left without its training outputs.
+    log3 = tmp_path / "run3.log"
+    seen = {job["id"] for job in slurm.jobs()}
+    relative = short_cell.relative_to(workdir)
+    third = snakemake(workdir, log3, "--forcerun", f"{relative}/run.json")
+
+    def retrain_started() -> list[dict[str, str]]:
+        return [
+            job
+            for job in slurm.jobs()
+            if job["id"] not in seen and rules_of(job) == CELL_JOB
+            if job["state"] == "RUNNING" and targets_cell(slurm, job, 1)
+        ]
+
+    wait_for(lambda: bool(retrain_started()), third, log3)
+    (retrain,) = retrain_started()
+    subprocess.run(["scancel", retrain["id"]], check=True)
+    returncode, output = finish(third, log3)
+    assert returncode != 0 and "CANCELLED" in output, tail(log3)
+    assert not (short_cell / "run.json").exists(), tail(log3)
+
+    # --- Run 4: the README's recovery command after a cancel without retries, the same
+    # command again: the cell is complete and the summary is rebuilt from it.
+    log4 = tmp_path / "run4.log"
+    returncode, output = finish(snakemake(workdir, log4), log4)
+    assert returncode == 0, tail(log4)
+    for name in CELL_FILES:
+        assert (short_cell / name).exists(), name
+    assert len(summary.read_text().strip().splitlines()) == 1 + 2
+    assert summary.stat().st_mtime >= (short_cell / "metrics.json").stat().st_mtime
+    metrics, record = short_cell / "metrics.json", short_cell / "run.json"
+    assert metrics.stat().st_mtime >= record.stat().st_mtime  # evaluated after retraining
 
 
 def test_slurm_profile_stops_before_submitting_what_cannot_run(

@@ -45,3 +45,15 @@ def incomplete_cells(
         if missing:
             found.append(IncompleteCell(cell, missing, cell / evaluation))
     return found
+
+
+def partial_cells(cells: Iterable[str | Path], file_names: Sequence[str]) -> list[IncompleteCell]:
+    """Cells under ``cells`` that have some of ``file_names`` but not all (a cell with none has
+    not run yet). Their evaluation is whichever file they kept first."""
+    found = []
+    for cell in map(Path, cells):
+        present = [name for name in file_names if (cell / name).exists()]
+        missing = tuple(name for name in file_names if name not in present)
+        if missing and (present or (cell / "logs").is_dir()):
+            found.append(IncompleteCell(cell, missing, cell / (present or missing)[0]))
+    return found
