@@ -49,18 +49,16 @@ def cell_file_names():
 def remove_stale_evaluations(invocation):
     """Study cells that kept their metrics.json but lost other files: Snakemake would never
     rebuild them (a missing intermediate whose consumers exist) and would summarise stale
-    metrics. Their evaluation and the summary go, so this run rebuilds them."""
+    metrics. Their evaluation goes, and with it the summary, so this run rebuilds them.
+    """
     evaluation = Path(rules.evaluate.output.metrics).name
     folders = [cell.folder() for cell in planning.study_cells(config)]
-    stale = incomplete_cells(folders, cell_file_names(), evaluation)
-    for cell in stale:
+    remove_stale_summary(invocation, folders)  # first: it sees the cells as they were
+    for cell in incomplete_cells(folders, cell_file_names(), evaluation):
         logger.warning(f"detbench: {cell.describe(rebuilt=invocation.runs_jobs)}")
-        if not invocation.runs_jobs:
-            continue
-        derived = [cell.folder / Path(path).name for path in rules.evaluate.output]
-        for path in derived + [Path(path) for path in rules.aggregate.output]:
-            path.unlink(missing_ok=True)
-    remove_stale_summary(invocation, folders)
+        if invocation.runs_jobs:
+            for path in rules.evaluate.output:
+                (cell.folder / Path(path).name).unlink(missing_ok=True)
 
 
 def remove_stale_summary(invocation, folders):

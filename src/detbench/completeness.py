@@ -37,14 +37,11 @@ def incomplete_cells(
 ) -> list[IncompleteCell]:
     """Cells under ``cells`` whose ``evaluation`` file exists while one of ``file_names``
     does not. A cell without its evaluation is left to Snakemake, which builds it anyway."""
-    found = []
-    for cell in map(Path, cells):
-        if not (cell / evaluation).is_file():
-            continue
-        missing = tuple(name for name in file_names if not (cell / name).exists())
-        if missing:
-            found.append(IncompleteCell(cell, missing, cell / evaluation))
-    return found
+    return [
+        dataclasses.replace(cell, evaluation=cell.folder / evaluation)
+        for cell in partial_cells(cells, file_names)
+        if (cell.folder / evaluation).is_file()
+    ]
 
 
 def partial_cells(cells: Iterable[str | Path], file_names: Sequence[str]) -> list[IncompleteCell]:

@@ -103,13 +103,18 @@ def compare_times(a: Sequence[float], b: Sequence[float], names: tuple[str, str]
         return TimeComparison(n_a, n_b, ratio, None, None, None, "single run, no spread")
     _, low, high, p_value = _welch(log_a, log_b)
     ci_low, ci_high = math.exp(low), math.exp(high)
+    return TimeComparison(
+        n_a, n_b, ratio, ci_low, ci_high, p_value, _time_verdict(ci_low, ci_high, names)
+    )
+
+
+def _time_verdict(ci_low: float, ci_high: float, names: tuple[str, str]) -> str:
+    """'faster' only for an interval of the ratio a/b that excludes 1."""
     if ci_high < 1:
-        verdict = f"{names[0]} faster"
-    elif ci_low > 1:
-        verdict = f"{names[1]} faster"
-    else:
-        verdict = "no detectable difference"
-    return TimeComparison(n_a, n_b, ratio, ci_low, ci_high, p_value, verdict)
+        return f"{names[0]} faster"
+    if ci_low > 1:
+        return f"{names[1]} faster"
+    return "no detectable difference"
 
 
 def ratio_over_cells(ratios: Sequence[float], names: tuple[str, str]) -> TimeComparison:
@@ -126,11 +131,7 @@ def ratio_over_cells(ratios: Sequence[float], names: tuple[str, str]) -> TimeCom
     assert summary is not None and summary.ci_low is not None and summary.ci_high is not None
     p_value = float(stats.ttest_1samp(logs, 0.0).pvalue) if summary.std else 0.0
     low, high = math.exp(summary.ci_low), math.exp(summary.ci_high)
-    verdict = (
-        f"{names[0]} faster" if high < 1 else f"{names[1]} faster" if low > 1 else
-        "no detectable difference"
-    )
-    return TimeComparison(n, n, ratio, low, high, p_value, verdict)
+    return TimeComparison(n, n, ratio, low, high, p_value, _time_verdict(low, high, names))
 
 
 @dataclasses.dataclass(frozen=True)

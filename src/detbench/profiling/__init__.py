@@ -9,7 +9,7 @@ The profile stage itself (torch.profiler over a few training steps) is
 :mod:`detbench.kernel_profile`: it builds on the training engine, which imports this package.
 """
 
-from detbench.profiling.monitor import GPU_SAMPLES_CSV, TrainMonitor
+from detbench.profiling.monitor import TrainMonitor
 from detbench.profiling.provenance import cell_provenance, run_provenance
 
-__all__ = ["GPU_SAMPLES_CSV", "TrainMonitor", "cell_provenance", "run_provenance"]
+__all__ = ["TrainMonitor", "cell_provenance", "run_provenance"]

@@ -37,7 +37,6 @@ from detbench.profiling.resources import (
 log = logging.getLogger("detbench.profiling")
 
 SAMPLE_INTERVAL_S = 0.5
-GPU_SAMPLES_CSV = "gpu_samples.csv"
 STATE_VERSION = 1
 
 GPU_DEFINITIONS = {

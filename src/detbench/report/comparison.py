@@ -177,7 +177,8 @@ def compare_cells(frame: pd.DataFrame, platforms: Sequence[str]) -> pd.DataFrame
             row = cell._asdict()
             time_a = row[f"{basis.column}_a"]
             time_b = row[f"{basis.column}_b"]
-            ratio, faster, times = _speed(a, b, time_a, time_b)
+            repeats = repeat_statistics(row, basis.column, (a, b))
+            ratio, faster, times = _speed(a, b, repeats.pop("time_ratio_a_over_b"))
             record = {
                 "platform_a": a,
                 "platform_b": b,
@@ -193,24 +194,22 @@ def compare_cells(frame: pd.DataFrame, platforms: Sequence[str]) -> pd.DataFrame
             }
             for column, name in METRICS.items():
                 record[f"d_{name}"] = row[f"{column}_a"] - row[f"{column}_b"]
-            record |= repeat_statistics(row, basis.column, (a, b))
-            if _finite(record["time_ratio_from_runs"]):
-                record["time_ratio_a_over_b"] = record["time_ratio_from_runs"]
-            rows.append(record)
+            rows.append(record | repeats)
     return pd.DataFrame(rows, columns=CELL_COLUMNS)
 
 
 def repeat_statistics(row: dict, time_column: str, names: tuple[str, str]) -> dict[str, object]:
     """The statistics of one cell on both platforms over their runs (``row``: cells_on_both's,
-    with the frame's ``<column>_runs`` tuples suffixed _a / _b)."""
+    with the frame's ``<column>_runs`` tuples suffixed _a / _b). The time ratio is that of the
+    geometric means (a single run's time when n = 1), NaN without a positive time on a side."""
     runs_a, runs_b = row[f"{time_column}_runs_a"], row[f"{time_column}_runs_b"]
     record: dict[str, object] = {"n_a": int(row["n_a"]), "n_b": int(row["n_b"])}
-    record["time_ratio_from_runs"] = math.nan
+    record["time_ratio_a_over_b"] = math.nan
     if runs_a and runs_b and min(runs_a + runs_b) > 0:
         times = stats.compare_times(runs_a, runs_b, names)
         spread = stats.compare_spread(runs_a, runs_b, names)
         record |= {
-            "time_ratio_from_runs": times.ratio,
+            "time_ratio_a_over_b": times.ratio,
             "time_ratio_ci_low": times.ci_low,
             "time_ratio_ci_high": times.ci_high,
             "time_p_value": times.p_value,
@@ -232,13 +231,12 @@ def repeat_statistics(row: dict, time_column: str, names: tuple[str, str]) -> di
     return record
 
 
-def _speed(a: str, b: str, time_a: float, time_b: float) -> tuple[float, str, float]:
+def _speed(a: str, b: str, ratio: float) -> tuple[float, str, float]:
     """Ratio A/B, which platform is faster and by what factor (NaN where not comparable)."""
-    if not (_finite(time_a) and _finite(time_b)) or time_a <= 0 or time_b <= 0:
+    if not _finite(ratio):
         return math.nan, NOT_COMPARED, math.nan
-    ratio = time_a / time_b
     if ratio < 1:
-        return ratio, a, time_b / time_a
+        return ratio, a, 1 / ratio
     if ratio > 1:
         return ratio, b, ratio
     return ratio, "equal", 1.0

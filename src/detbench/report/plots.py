@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import ScaledTranslation
 
 from detbench import atomic
+from detbench.cells import GPU_SAMPLES
 from detbench.errors import DetbenchError
 from detbench.report.comparison import (
     compare_cells,
@@ -42,7 +43,6 @@ from detbench.report.spread_plots import (
 # No display on cluster nodes or in CI; switching is allowed as long as no figure exists yet.
 matplotlib.use("Agg")
 
-GPU_SAMPLES = "gpu_samples.csv"
 # Of gpu_samples.csv's columns (time_s, utilization_percent, memory_used_mib, power_w), the
 # ones the plots read.
 GPU_SAMPLE_COLUMNS = ("time_s", "utilization_percent", "memory_used_mib")

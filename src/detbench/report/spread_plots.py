@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from detbench.report.frame import MEASURED
+from detbench.report.frame import MEASURED, ok_cells
 from detbench.stats import describe
 
 SPREAD_PANELS = (
@@ -31,8 +31,8 @@ BREAKDOWN_PARTS = (
 
 
 def _measured(frame: pd.DataFrame, platforms: Sequence[str]) -> pd.DataFrame:
-    cells = frame[(frame["source"] == MEASURED) & (frame["status"] == "ok")]
-    return cells[cells["platform"].isin(platforms)]
+    cells = ok_cells(frame)
+    return cells[(cells["source"] == MEASURED) & cells["platform"].isin(platforms)]
 
 
 def spread_figure(frame: pd.DataFrame, platforms: Sequence[str], model: str) -> Figure:
