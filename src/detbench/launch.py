@@ -51,6 +51,7 @@ def train_cell(
         train(**kwargs, threads=threads)
         return
     kwargs = {**kwargs, "threads": max(1, (threads or ranks) // ranks)}
+    _import_this_detbench()
     folder = Path(kwargs["outputs"].record).parent
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=folder, prefix=".ranks-", suffix=".pkl") as job:
@@ -60,6 +61,14 @@ def train_cell(
             _srun(job.name, ranks, nodes, kwargs["threads"])
         else:
             _elastic(job.name, ranks)
+
+
+def _import_this_detbench() -> None:
+    """The ranks import the detbench this process runs (the workflow's src/, say, where the
+    package is installed elsewhere or not at all): its folder first on their PYTHONPATH."""
+    source = str(Path(__file__).resolve().parents[1])
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != source]
+    os.environ["PYTHONPATH"] = os.pathsep.join([source, *rest])
 
 
 def under_slurm(env: dict[str, str] | None = None) -> bool:
