@@ -1,11 +1,11 @@
 """A real single-node Slurm on 127.0.0.1, for the tests of ``profiles/slurm``.
 
 :func:`running_slurm` starts Debian's munged, slurmctld and slurmd with one node (this machine,
-its CPUs and most of its memory) and two fake GPUs (``gres/gpu`` backed by /dev/null and /dev/zero), waits until
-the node is idle, and on exit stops everything in reverse order and puts back any file of
-/etc/slurm/ it replaced. :func:`skip_reason` says why it cannot run here (no binaries, not
-root); :class:`SlurmBusy` says another Slurm is up. Written for Debian 12's Slurm 22.05 and
-munge 0.5, with snakemake-executor-plugin-slurm 2.8.
+its CPUs and most of its memory) and two fake GPUs (``gres/gpu`` backed by /dev/null and
+/dev/zero), waits until the node is idle, and on exit stops everything in reverse order and
+puts back any file of /etc/slurm/ it replaced. :func:`skip_reason` says why it cannot run here
+(no binaries, not root); :class:`SlurmBusy` says another Slurm is up. Written for Debian 12's
+Slurm 22.05 and munge 0.5, with snakemake-executor-plugin-slurm 2.8.
 
 By hand, to try a profile against it:  sudo .venv/bin/python tests/slurm_cluster.py
 """
