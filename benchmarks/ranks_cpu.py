@@ -9,13 +9,14 @@ ratio 2 ranks / 1 rank. Data: BCCD where present (DETBENCH_BCCD_DIR or ../shared
 else a synthetic set of BCCD's size. Run it on a quiet machine: the two runs share its cores.
 
     .venv/bin/python benchmarks/ranks_cpu.py                 # yolov3-tiny b8 416, 2 epochs
-    .venv/bin/python benchmarks/ranks_cpu.py --epochs 3 --batch 16 --json out.json
+    .venv/bin/python benchmarks/ranks_cpu.py --epochs 3 --batch 16 --pairs 2 --json out.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -54,12 +55,22 @@ def run(manifest: Path, folder: Path, settings: TrainSettings, ranks: int) -> di
     }
 
 
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over ``runs`` (the run with the median images/s for the rest)."""
+    runs = sorted(runs, key=lambda r: r["images_per_second"])
+    middle = dict(runs[len(runs) // 2])
+    last = sorted(r["last_epoch_images_per_second"] for r in runs)
+    middle["last_epoch_images_per_second"] = last[len(last) // 2]
+    return middle
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=description(__doc__))
     parser.add_argument("--model", default="yolov3-tiny")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--img-size", type=int, default=416)
+    parser.add_argument("--pairs", type=int, default=1, help="runs of each, alternating")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
 
@@ -70,8 +81,12 @@ def main() -> None:
         model=args.model, batch=args.batch, epochs=args.epochs, img_size=args.img_size, hyp=hyp
     )
     print(f"{args.model} b{args.batch} {args.img_size} px, {args.epochs} epochs on {data}")
-    results = [run(manifest, work / f"ranks{ranks}", settings, ranks) for ranks in (1, 2)]
-    one, two = results
+    print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    # Alternating (1, 2), (2, 1), ...: a machine that gets busier or quieter during the run
+    # weighs on both alike.
+    order = [(1, 2) if pair % 2 == 0 else (2, 1) for pair in range(args.pairs)]
+    results = [run(manifest, work / f"ranks{r}", settings, r) for pair in order for r in pair]
+    one, two = (_median([r for r in results if r["ranks"] == ranks]) for ranks in (1, 2))
     print_table(
         ["ranks x threads", "img/s (all epochs)", "img/s (last epoch)", "wall s", "loss"],
         [
@@ -85,9 +100,12 @@ def main() -> None:
             for r in results
         ],
     )
+    if args.pairs > 1:
+        print(f"medians of {args.pairs} runs each:")
     ratio = two["images_per_second"] / one["images_per_second"]
     last_ratio = two["last_epoch_images_per_second"] / one["last_epoch_images_per_second"]
     print(f"2 ranks x 1 thread / 1 rank x 2 threads: {ratio:.2f} (last epoch {last_ratio:.2f})")
+    print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     write_json(
         args.json,
         {"environment": environment(torch.device("cpu")), "data": data, "runs": results},
