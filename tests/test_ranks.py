@@ -115,11 +115,22 @@ def test_no_rank_outside_a_launcher() -> None:
 
 
 def test_a_dead_rank_is_named_in_one_line() -> None:
-    failure = SimpleNamespace(exitcode=-9, pid=123, signal_name=lambda: "SIGKILL")
-    crashed = SimpleNamespace(exitcode=1, pid=124, signal_name=lambda: "<N/A>")
-    assert describe_failures({1: failure, 0: crashed}, 2) == (
+    def failure(exitcode: int, pid: int, name: str) -> SimpleNamespace:
+        return SimpleNamespace(exitcode=exitcode, pid=pid, signal_name=lambda: name)
+
+    killed, crashed = failure(-9, 123, "SIGKILL"), failure(1, 124, "<N/A>")
+    assert describe_failures({1: killed, 0: crashed}, 2) == (
         "training on 2 ranks failed: rank 0 (pid 124) exited with code 1; "
         "rank 1 (pid 123) killed by SIGKILL; rerun to resume"
+    )
+    # The launcher stops the others with SIGTERM once one has died: the dead one is the news.
+    stopped = failure(-15, 122, "SIGTERM")
+    assert describe_failures({0: stopped, 1: killed}, 2) == (
+        "training on 2 ranks failed: rank 1 (pid 123) killed by SIGKILL (then the launcher "
+        "stopped rank 0); rerun to resume"
+    )
+    assert describe_failures({0: stopped}, 2) == (
+        "training on 2 ranks failed: rank 0 (pid 122) killed by SIGTERM; rerun to resume"
     )
 
 

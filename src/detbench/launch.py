@@ -23,6 +23,7 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -104,13 +105,21 @@ def _elastic(job_file: str, ranks: int) -> None:
 
 
 def describe_failures(failures: dict[int, Any], ranks: int) -> str:
-    """One line for the ranks that failed (torch elastic's ProcessFailure per global rank)."""
+    """One line for the ranks that failed (torch elastic's ProcessFailure per global rank).
+    The ranks the launcher stopped with SIGTERM once another had died are left out, unless
+    SIGTERM is all there is (the job itself was stopped)."""
+    stopped = {r for r, failure in failures.items() if failure.exitcode == -signal.SIGTERM}
+    causes = {r: f for r, f in failures.items() if r not in stopped} or failures
     parts = []
-    for rank, failure in sorted(failures.items()):
+    for rank, failure in sorted(causes.items()):
         code = failure.exitcode
         how = f"killed by {failure.signal_name()}" if code < 0 else f"exited with code {code}"
         parts.append(f"rank {rank} (pid {failure.pid}) {how}")
-    return f"training on {ranks} ranks failed: {'; '.join(parts)}; rerun to resume"
+    line = f"training on {ranks} ranks failed: {'; '.join(parts)}"
+    if len(causes) < len(failures):
+        line += f" (then the launcher stopped rank{'s' * (len(stopped) > 1)} "
+        line += f"{', '.join(map(str, sorted(stopped)))})"
+    return line + "; rerun to resume"
 
 
 def _srun(job_file: str, ranks: int, nodes: int, threads: int) -> None:
