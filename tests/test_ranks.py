@@ -1,8 +1,9 @@
 """One cell on several ranks (train.ranks, detbench.distributed and detbench.launch).
 
-Unit tests: the batch must divide over the ranks, the sampler's shares of an epoch, the rank
-read from torchrun's and Slurm's variables, the one-line failure. End to end through Snakemake
-on the CPU (gloo): the tiny study's b4_e4 cell on 2 ranks against 1, and a rank killed mid-run.
+Unit tests: the batch must divide over the ranks, the sampler's shares of an epoch, the loss
+over ranks, the rank read from torchrun's and Slurm's variables, the one-line failure. Through
+Snakemake on the CPU (gloo): the tiny study's b4_e4 cell on 2 ranks against 1, and a rank killed
+mid-run.
 """
 
 from __future__ import annotations
@@ -238,3 +239,30 @@ def test_a_killed_rank_fails_the_job_in_one_line_and_the_rerun_resumes(
     assert record["world_size"] == 2
     assert len(_read(workflow_copy, "history.csv")) == 4
     assert not (workflow_copy / CELL / "checkpoints").exists()
+
+
+# --------------------------------------------------------------------------- loss over ranks
+
+
+def test_the_ranks_mean_loss_is_the_one_rank_loss_of_the_whole_batch() -> None:
+    """What DDP averages (each rank's loss on its half, scaled by YoloLoss.ranks) equals the
+    one-rank loss of the whole batch: exactly for objectness (a mean over every cell of every
+    image; here the only term, as no target is matched), so its gradients are the same too."""
+    from detbench.config import TrainHyperparameters
+    from detbench.loss import YoloLoss
+    from detbench.models import build_model
+
+    model = build_model("yolov3-tiny", num_classes=3)
+    torch.manual_seed(0)
+    raw = [torch.randn(4, 3, ny, nx, 8, requires_grad=True) for ny, nx in ((2, 2), (4, 4))]
+    no_targets = torch.zeros((0, 6))
+    whole, _ = YoloLoss(model, TrainHyperparameters())(raw, no_targets)
+    halves = [
+        YoloLoss(model, TrainHyperparameters(), ranks=2)([r[part] for r in raw], no_targets)[0]
+        for part in (slice(0, 2), slice(2, 4))
+    ]
+    assert ((halves[0] + halves[1]) / 2).item() == pytest.approx(whole.item(), rel=1e-6)
+    whole_grads = torch.autograd.grad(whole, raw)
+    mean_grads = torch.autograd.grad((halves[0] + halves[1]) / 2, raw)
+    for mine, theirs in zip(mean_grads, whole_grads, strict=True):
+        torch.testing.assert_close(mine, theirs)
