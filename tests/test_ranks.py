@@ -266,3 +266,13 @@ def test_the_ranks_mean_loss_is_the_one_rank_loss_of_the_whole_batch() -> None:
     mean_grads = torch.autograd.grad((halves[0] + halves[1]) / 2, raw)
     for mine, theirs in zip(mean_grads, whole_grads, strict=True):
         torch.testing.assert_close(mine, theirs)
+
+
+def test_more_ranks_than_gpus_stop_before_nccl_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    from detbench import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    env = RankEnv(1, 2, 1, "127.0.0.1", 29500, "torchrun")
+    with pytest.raises(DetbenchError, match="rank 1 needs GPU 1 of its node, which shows 1"):
+        distributed.init_process_group(env, "auto")

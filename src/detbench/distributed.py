@@ -31,6 +31,8 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
+from detbench.errors import DetbenchError
+
 # Test hook: "RANK:EPOCH" makes that rank kill itself (SIGKILL) once that 1-based epoch has
 # ended and any checkpoint due after it is written, as a crashed rank would die.
 KILL_RANK_ENV = "DETBENCH_TEST_KILL_RANK_AFTER_EPOCH"
@@ -88,7 +90,13 @@ def init_process_group(env: RankEnv, device_request: str) -> None:
     on the CPU. The rendezvous is MASTER_ADDR:MASTER_PORT (TCP store of rank 0)."""
     cuda = device_request != "cpu" and torch.cuda.is_available()
     if cuda:
-        torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
+        visible = torch.cuda.device_count()
+        if env.local_rank >= visible:  # NCCL refuses two ranks on one GPU
+            raise DetbenchError(
+                f"config: key train.ranks: rank {env.rank} needs GPU {env.local_rank} of its "
+                f"node, which shows {visible}; lower train.ranks or set train.device: cpu"
+            )
+        torch.cuda.set_device(env.local_rank)
     dist.init_process_group(
         backend="nccl" if cuda else "gloo",
         init_method=f"tcp://{env.master_addr}:{env.master_port}",
