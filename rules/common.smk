@@ -4,7 +4,7 @@
 
 import re
 import sys
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 # The workflow imports detbench from src/ even where the package is not installed (a conda

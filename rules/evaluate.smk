@@ -18,6 +18,10 @@ rule evaluate:
     conda:
         "../envs/train.yaml"
     threads: 4
+    resources:
+        # Its cell's Slurm job holds one task per rank (rules/train.smk); the group asks for
+        # the larger of each resource over its jobs, so the CPUs per task are the train job's.
+        cpus_per_task=partial(planning.rank_cpus_per_task, config),
     params:
         config=evaluate_config,
     script:

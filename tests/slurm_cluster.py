@@ -1,11 +1,11 @@
 """A real single-node Slurm on 127.0.0.1, for the tests of ``profiles/slurm``.
 
 :func:`running_slurm` starts Debian's munged, slurmctld and slurmd with one node (this machine,
-its CPUs and most of its memory) and one fake GPU (``gres/gpu`` backed by /dev/null), waits until
-the node is idle, and on exit stops everything in reverse order and puts back any file of
-/etc/slurm/ it replaced. :func:`skip_reason` says why it cannot run here (no binaries, not
-root); :class:`SlurmBusy` says another Slurm is up. Written for Debian 12's Slurm 22.05 and
-munge 0.5, with snakemake-executor-plugin-slurm 2.8.
+its CPUs and most of its memory) and two fake GPUs (``gres/gpu`` backed by /dev/null and
+/dev/zero), waits until the node is idle, and on exit stops everything in reverse order and
+puts back any file of /etc/slurm/ it replaced. :func:`skip_reason` says why it cannot run here
+(no binaries, not root); :class:`SlurmBusy` says another Slurm is up. Written for Debian 12's
+Slurm 22.05 and munge 0.5, with snakemake-executor-plugin-slurm 2.8.
 
 By hand, to try a profile against it:  sudo .venv/bin/python tests/slurm_cluster.py
 """
@@ -31,7 +31,8 @@ from pathlib import Path
 SLURM_ETC = Path("/etc/slurm")
 CONFIG_FILES = ("slurm.conf", "gres.conf")
 CONF_MARKER = "# Written by tests/slurm_cluster.py"
-GRES_CONF = "Name=gpu File=/dev/null\n"
+# Two fake GPUs: a cell on 2 ranks asks for one per rank (--gpus=2 --ntasks-per-gpu=1).
+GRES_CONF = "Name=gpu File=/dev/null\nName=gpu File=/dev/zero\n"
 BINARIES = ("munged", "munge", "unmunge", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol")
 BINARIES += ("scancel", "sinfo", "srun")
 PORTS = (6817, 6818)  # slurmctld, slurmd
@@ -253,7 +254,7 @@ def _node_config(node: str) -> str:
     reported = int(re.search(r"RealMemory=(\d+)", line).group(1))  # type: ignore[union-attr]
     line = re.sub(r"RealMemory=\d+", f"RealMemory={int(reported * 0.85)}", line)
     line = re.sub(r"NodeName=\S+", f"NodeName={node}", line)
-    return f"{line} NodeAddr=127.0.0.1 Gres=gpu:1 State=UNKNOWN"
+    return f"{line} NodeAddr=127.0.0.1 Gres=gpu:2 State=UNKNOWN"
 
 
 def _slurm_conf(state_dir: Path, node: str) -> str:

@@ -105,3 +105,17 @@ def test_image_count_of_the_real_bccd_split(bccd_dir: Path, tmp_path: Path) -> N
     (tmp_path / "voc").symlink_to(bccd_dir)
     bccd = {"source": "bccd", "train_split": "train"}
     assert planning.train_image_count(bccd, tmp_path) == 205
+
+
+def test_a_cell_asks_for_a_task_and_a_gpu_per_rank_and_splits_its_threads() -> None:
+    one = {"train": {"ranks": 1, "nodes": 1}}
+    four = {"train": {"ranks": 4, "nodes": 2}}
+    assert [planning.rank_tasks(one), planning.rank_gpus(one), planning.rank_nodes(one)] == [1] * 3
+    assert planning.rank_cpus_per_task(one, threads=4) == 4
+    assert [planning.rank_tasks(four), planning.rank_gpus(four), planning.rank_nodes(four)] == [
+        4,
+        4,
+        2,
+    ]
+    assert planning.rank_cpus_per_task(four, threads=8) == 2
+    assert planning.rank_cpus_per_task(four, threads=2) == 1  # never none

@@ -131,7 +131,9 @@ def test_slurm_profile_settings() -> None:
     defaults = args.default_resources
     for name in ("slurm_partition", "runtime", "mem_mb", "cpus_per_task"):
         assert name in defaults, name
-    assert gpu_rules(args) >= GPU_RULES
+    # A train job asks for one GPU per rank from the rule (rules/train.smk, train.ranks).
+    assert gpu_rules(args) >= GPU_RULES - {"train"}
+    assert "gpu" not in args.set_resources.get("train", {})
     for rule in gpu_rules(args):
         assert resource_value(args.set_resources[rule], "gpu") == 1
     assert args.config == ["platform=baremetal-p40"]
@@ -171,7 +173,7 @@ def test_slurm_test_profile_replaces_only_cluster_keys() -> None:
 
 def test_slurm_profile_plans_gpu_requests_and_train_wall_times(workdir: Path) -> None:
     # A dry run needs no Slurm: the plan shows what each job would ask sbatch for.
-    holders = gpu_rules(profile_args("profiles/slurm"))
+    holders = gpu_rules(profile_args("profiles/slurm")) | {"train"}  # train: the rule's
     # The study (config/config.yaml), as a user runs it.
     output = dry_run_output(workdir, "--profile", str(REPO / "profiles" / "slurm"))
     jobs = planned_jobs(output)

@@ -323,3 +323,37 @@ def test_a_job_that_can_never_start_is_reported_and_cancelled(
     while slurm.show_job(job_id).get("JobState") != "CANCELLED":
         assert time.monotonic() < deadline, slurm.show_job(job_id)
         time.sleep(0.5)
+
+
+def test_a_cell_on_two_ranks_runs_as_one_job_of_two_tasks(
+    slurm: SlurmCluster, tmp_path: Path, workflow_copier: Callable[[Path], Path]
+) -> None:
+    """train.ranks: 2 through the profile: one Slurm job of 2 tasks and 2 GPUs for the cell,
+    in which the train job starts its ranks with srun (one task each)."""
+    workdir = workflow_copier(tmp_path / "workflow")
+    ranks = workdir / "ranks.yaml"
+    ranks.write_text("train:\n  ranks: 2\n", encoding="utf-8")
+    cell = f"results/{PLATFORM}/yolov3-tiny/b4_e1"
+    seen = {job["id"] for job in slurm.jobs()}
+    log = tmp_path / "ranks.log"
+    command = [sys.executable, "-m", "snakemake", f"{cell}/metrics.json"]
+    command += ["--profile", str(REPO / "profiles" / "slurm")]
+    command += ["--profile", str(REPO / "tests" / "profiles" / "slurm-test")]
+    command += ["--configfile", str(REPO / "tests" / "configs" / "slurm.yaml"), str(ranks)]
+    with log.open("w") as out:
+        process = subprocess.Popen(command, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
+    returncode, _ = finish(process, log)
+    assert returncode == 0, tail(log)
+
+    cell_jobs = [job for job in slurm.jobs() if job["id"] not in seen and rules_of(job) == CELL_JOB]
+    assert len(cell_jobs) == 1, cell_jobs
+    details = slurm.show_job(cell_jobs[0]["id"])
+    assert details["NumTasks"] == "2", details
+    assert cell_jobs[0]["gpus"] == "gres:gpu:2", cell_jobs[0]
+    record = json.loads((workdir / cell / "run.json").read_text(encoding="utf-8"))
+    assert record["world_size"] == 2
+    assert [entry["rank"] for entry in record["ranks"]] == [0, 1]
+    assert len({entry["pid"] for entry in record["ranks"]}) == 2
+    train_log = (workdir / cell / "logs" / "train.log").read_text(encoding="utf-8")
+    assert "starting 2 ranks: srun --overlap --ntasks=2" in train_log, train_log[-3000:]
+    assert (workdir / cell / "metrics.json").exists()

@@ -55,6 +55,28 @@ def test_the_sbatch_request_as_the_plugin_writes_it() -> None:
     assert pinned.sbatch() == "--cpus-per-task=1 --gpus=p40:2"
 
 
+def test_a_cell_on_several_ranks_asks_for_a_task_and_a_gpu_per_rank() -> None:
+    ranks = Request("train", "gpu", cpus=8, mem_mb=64000, gpus=4, tasks=4)
+    assert ranks.sbatch() == "-p gpu --cpus-per-task=8 --mem 64000 --gpus=4 --ntasks-per-gpu=1"
+    check_requests([ranks], parse_sinfo(SINFO))  # n2: 32 CPUs, 4 GPUs
+    on_cpus = Request("train", None, cpus=1, mem_mb=None, tasks=2, nodes=2)
+    assert on_cpus.sbatch() == "--nodes=2 --ntasks=2 --cpus-per-task=1"
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        Request("train", "gpu", cpus=9, mem_mb=1000, gpus=4, tasks=4),  # 36 CPUs: n2 has 32
+        Request("train", "gpu", cpus=1, mem_mb=1000, gpus=8, tasks=8),  # 8 GPUs on one node
+    ],
+)
+def test_the_ranks_of_one_node_must_fit_it(request_: Request) -> None:
+    with pytest.raises(DetbenchError, match="more than any node"):
+        check_requests([request_], parse_sinfo(SINFO))
+    spread = Request("train", "gpu", 1, 1000, gpus=8, tasks=8, nodes=2)  # 4 GPUs per node
+    check_requests([spread], parse_sinfo(SINFO))
+
+
 def test_a_request_that_one_node_meets_passes() -> None:
     check_requests([TRAIN, Request("aggregate", None, 1, 16000)], parse_sinfo(SINFO))
 

@@ -11,7 +11,7 @@ import copy
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -35,8 +35,13 @@ RUNTIME_TRAIN_KEY_RERUNS: dict[str, tuple[str, ...]] = {
     "compile": ("profile",),
     "checkpoint_interval_s": (),
     "eval_interval_epochs": (),
+    "nodes": (),
 }
 RUNTIME_TRAIN_KEYS = tuple(RUNTIME_TRAIN_KEY_RERUNS)
+# train: keys that came after cells were trained (issue 17): at these values they are left out
+# of what a cell depends on, so that their arrival reruns no finished cell and keeps every
+# checkpoint resumable.
+OMITTED_AT_DEFAULT: dict[str, Any] = {"ranks": 1, "sync_bn": False}
 # The runtime keys that rerun no job at all.
 UNPROFILED_TRAIN_KEYS = tuple(
     key for key, jobs in RUNTIME_TRAIN_KEY_RERUNS.items() if "profile" not in jobs
@@ -45,12 +50,22 @@ UNPROFILED_TRAIN_KEYS = tuple(
 
 def without_runtime_keys(train: Mapping[str, Any]) -> dict[str, Any]:
     """The ``train:`` section minus RUNTIME_TRAIN_KEYS: what a cell's result depends on."""
-    return {key: value for key, value in train.items() if key not in RUNTIME_TRAIN_KEYS}
+    return _without(train, RUNTIME_TRAIN_KEYS)
 
 
 def without_unprofiled_keys(train: Mapping[str, Any]) -> dict[str, Any]:
     """The ``train:`` section minus UNPROFILED_TRAIN_KEYS: what a profile job depends on."""
-    return {key: value for key, value in train.items() if key not in UNPROFILED_TRAIN_KEYS}
+    return _without(train, UNPROFILED_TRAIN_KEYS)
+
+
+def _without(train: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """``train`` minus ``keys`` and the OMITTED_AT_DEFAULT keys at their default."""
+    missing = object()
+    return {
+        key: value
+        for key, value in train.items()
+        if key not in keys and OMITTED_AT_DEFAULT.get(key, missing) != value
+    }
 
 
 def with_runtime_keys(train: Mapping[str, Any], workflow_config: Mapping[str, Any]) -> dict:
@@ -200,6 +215,17 @@ def _check_cross_field_rules(config: Mapping[str, Any], source: str) -> None:
             f"{source}: key dataset.eval_split: must differ from dataset.train_split "
             f"({dataset['train_split']!r}); evaluate on held-out images"
         )
+    check_ranks_divide_batches(config["train"]["ranks"], config["batch_sizes"], source)
+
+
+def check_ranks_divide_batches(ranks: int, batches: Iterable[int], source: str) -> None:
+    """Every global batch must split evenly over the ranks (each trains batch / ranks)."""
+    for batch in batches:
+        if batch % ranks:
+            raise DetbenchError(
+                f"{source}: key train.ranks: {ranks} does not divide batch_sizes value {batch} "
+                f"(each rank trains batch / ranks images per step)"
+            )
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -270,6 +296,9 @@ class TrainHyperparameters:
     compile: bool = False
     checkpoint_interval_s: float = 60.0
     eval_interval_epochs: int = 0
+    ranks: int = 1
+    sync_bn: bool = False
+    nodes: int = 1
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainHyperparameters:
@@ -322,3 +351,19 @@ class TrainSettings:
         values["hyp"] = without_runtime_keys(values["hyp"])
         text = json.dumps(values, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def train_settings_from_config(
+    config: dict[str, Any], *, model: str, batch: int, epochs: int
+) -> TrainSettings:
+    """Settings of one cell from the workflow's per-cell config (see detbench.planning)."""
+    return TrainSettings(
+        model=model,
+        batch=batch,
+        epochs=epochs,
+        img_size=int(config["img_size"]),
+        seed=int(config["seed"]),
+        weights=str(config.get("weights", "scratch")),
+        train_split=str(config["dataset"]["train_split"]),
+        hyp=TrainHyperparameters.from_dict(config["train"]),
+    )

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from detbench import distributed
 from detbench.checkpoint import restore_rng_states, rng_states
 from detbench.config import TrainSettings
 from detbench.data.dataset import Batch
@@ -213,6 +214,7 @@ def train_one_epoch(
             bar.set_postfix(loss=f"{items.total:.3f}")
     synchronize(plan.device)
     seconds = time.perf_counter() - start
+    sums, images_seen = distributed.epoch_means(sums, images_seen)  # over the ranks, if several
     means = sums / max(plan.steps_per_epoch, 1)
     return {
         "epoch": epoch + 1,

@@ -94,7 +94,7 @@ class Assignment:
 
 
 class YoloLoss:
-    def __init__(self, model: nn.Module, hyp: TrainHyperparameters) -> None:
+    def __init__(self, model: nn.Module, hyp: TrainHyperparameters, *, ranks: int = 1) -> None:
         self.strides: list[int] = list(model.strides)
         self.anchors: torch.Tensor = model.anchors.detach()  # (levels, 3, 2) px
         # Targets arrive from the loader on the host; assigning them there keeps the loss free
@@ -109,6 +109,10 @@ class YoloLoss:
         # The 2020 recipe scales the COCO-tuned class gain to the number of classes.
         self.cls_gain = hyp.cls_gain * self.num_classes / 80
         self.bce = nn.BCEWithLogitsLoss()
+        # With N ranks each computes its share's loss times the global batch, so that DDP's
+        # mean of the ranks' gradients is the one-rank gradient of the whole batch (exactly so
+        # for the objectness term, a mean over every image's cells; see detbench.distributed).
+        self.ranks = ranks
 
     def __call__(
         self, raw: list[torch.Tensor], targets: torch.Tensor | Assignment
@@ -118,13 +122,13 @@ class YoloLoss:
         ``raw``: per level (B, 3, ny, nx, 5 + nc) network outputs; ``targets``: (N, 6) rows of
         (image index, class, cx, cy, w, h) normalised to the input, or their ``assign`` result.
         Returns the loss to backpropagate (summed terms times the batch size, as the 2020
-        recipe does) and the three per-image terms for logging: reading those is the one
-        point where the host waits for the device.
+        recipe does; the global batch's size under several ranks) and the three per-image
+        terms for logging: reading those is the one point where the host waits for the device.
         """
         terms = self.terms(raw, targets)
         box, obj, cls = terms.detach().float().tolist()
         items = LossItems(box=box, obj=obj, cls=cls)
-        return (terms[0] + terms[1] + terms[2]) * raw[0].shape[0], items
+        return (terms[0] + terms[1] + terms[2]) * (raw[0].shape[0] * self.ranks), items
 
     def terms(self, raw: list[torch.Tensor], targets: torch.Tensor | Assignment) -> torch.Tensor:
         """The box, objectness and class terms (gains applied), a (3,) tensor on the device,

@@ -40,6 +40,31 @@ def model_weights(config: Mapping[str, Any], model: str) -> str:
 # (config.RUNTIME_TRAIN_KEYS): changing them reruns nothing, or only the profile jobs.
 
 
+# A cell's Slurm request for its ranks (train.ranks, train.nodes; rules/train.smk's resources):
+# one task and one GPU per rank, the job's threads split over the tasks. One rank: one task of
+# all the threads and one GPU, as before ranks existed.
+
+
+def rank_tasks(config: Mapping[str, Any], wildcards: Any = None) -> int:
+    """Slurm tasks of a train job (sbatch --ntasks): one per rank."""
+    return int(config["train"]["ranks"])
+
+
+def rank_gpus(config: Mapping[str, Any], wildcards: Any = None) -> int:
+    """GPUs of a train job (sbatch --gpus, with --ntasks-per-gpu=1): one per rank."""
+    return int(config["train"]["ranks"])
+
+
+def rank_nodes(config: Mapping[str, Any], wildcards: Any = None) -> int:
+    """Nodes of a train job (sbatch --nodes): train.nodes."""
+    return int(config["train"]["nodes"])
+
+
+def rank_cpus_per_task(config: Mapping[str, Any], wildcards: Any = None, threads: int = 1) -> int:
+    """CPUs per task (sbatch --cpus-per-task): the job's threads over its ranks, at least 1."""
+    return max(1, int(threads) // int(config["train"]["ranks"]))
+
+
 def model_repeats(config: Mapping[str, Any], model: str) -> int:
     """Runs of every cell of ``model``: models.<model>.repeats, else the top-level repeats."""
     settings = config["models"].get(model) or {}

@@ -43,10 +43,16 @@ class Request:
     mem_mb: int | None
     gpus: int = 0
     gpu_model: str | None = None
+    tasks: int = 1  # a cell on several ranks: one task per rank (cpus per task)
+    nodes: int = 1
 
     def sbatch(self) -> str:
         """The request as the plugin writes it on the sbatch command line."""
         parts = [f"-p {self.partition}"] if self.partition else []
+        if self.nodes > 1:
+            parts.append(f"--nodes={self.nodes}")
+        if self.tasks > 1 and not self.gpus:
+            parts.append(f"--ntasks={self.tasks}")
         if self.cpus is not None:
             parts.append(f"--cpus-per-task={self.cpus}")
         if self.mem_mb is not None:
@@ -54,6 +60,8 @@ class Request:
         if self.gpus:
             model = f"{self.gpu_model}:" if self.gpu_model else ""
             parts.append(f"--gpus={model}{self.gpus}")
+            if self.tasks > 1:  # one task per GPU (rules/train.smk: a rank per GPU)
+                parts.append("--ntasks-per-gpu=1")
         return " ".join(parts)
 
 
@@ -70,10 +78,13 @@ class Node:
     partition_up: bool
 
     def fits(self, request: Request) -> bool:
+        """Whether this node holds its share of ``request`` (tasks and GPUs split evenly over
+        the request's nodes; memory is per node)."""
+        tasks = -(-request.tasks // request.nodes)
         return (
-            (request.cpus is None or request.cpus <= self.cpus)
+            (request.cpus is None or request.cpus * tasks <= self.cpus)
             and (request.mem_mb is None or request.mem_mb <= self.mem_mb)
-            and request.gpus <= self.gpus.get(request.gpu_model or "", 0)
+            and -(-request.gpus // request.nodes) <= self.gpus.get(request.gpu_model or "", 0)
         )
 
     def describe(self) -> str:
@@ -185,7 +196,8 @@ def rule_requests(
     rules: Iterable[Any], *, local_rules: set[str], max_threads: int | None
 ) -> list[Request]:
     """The request of each rule submitted to Slurm, as snakemake-executor-plugin-slurm forms
-    it (threads, or cpus_per_task where given; mem_mb or mem_mb_per_cpu; gpu, gpu_model).
+    it (threads, or cpus_per_task where given; mem_mb or mem_mb_per_cpu; gpu, gpu_model; tasks
+    and nodes, for a cell on several ranks).
 
     Rules are evaluated without a job: threads are the rule's, capped by --max-threads only (a
     dry run caps them at its one core, which is not what Slurm is asked for), and a resource
@@ -217,6 +229,8 @@ def _request(rule: Any, threads: int) -> Request:
         mem_mb=per_cpu * cpus if per_cpu else value("mem_mb"),
         gpus=int(gpus or _gres_gpus(value("gres")) or 0),
         gpu_model=value("gpu_model"),
+        tasks=int(value("tasks") or 1),
+        nodes=int(value("nodes") or 1),
     )
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from detbench import atomic
+from detbench import atomic, distributed
 from detbench.cells import CHECKPOINTS, FINAL_EVALUATION, GPU_SAMPLES, HISTORY, RUN_RECORD, WEIGHTS
 from detbench.checkpoint import (
     CheckpointClock,
@@ -28,7 +28,7 @@ from detbench.checkpoint import (
     save_checkpoint,
     sigterm_exits,
 )
-from detbench.config import EvalSettings, TrainHyperparameters, TrainSettings
+from detbench.config import EvalSettings, TrainSettings
 from detbench.data.dataset import DatasetManifest, DetectionDataset
 from detbench.data.loader import make_train_loader, steps_per_epoch
 from detbench.device import Precision, select_device, select_precision
@@ -123,18 +123,22 @@ def train(
         job_start = time.perf_counter()
         if threads:
             torch.set_num_threads(threads)
-        device = select_device(settings.hyp.device)
+        device = distributed.rank_device(select_device(settings.hyp.device))
         precision = select_precision(device, settings.hyp.amp)
         monitor = TrainMonitor.start(device)  # time -v's figures and NVML samples, all segments
         manifest = DatasetManifest.load(manifest_path)
         eval_dataset = _interim_dataset(manifest, settings, interim_evaluation)
         seed_everything(settings.seed)
         model = build_training_model(settings, len(manifest.class_names), weights_file).to(device)
+        model = distributed.prepare_model(model, settings.hyp.sync_bn, device)
         state = TrainingState.create(model, settings, precision, device)
+        distributed.wrap_forward(state, device)  # DistributedDataParallel with ranks > 1
         fingerprint = settings.fingerprint()
         _resume_if_possible(state, monitor, outputs.resume_dir, fingerprint)
-        loader = make_train_loader(manifest, settings, device, first_epoch=state.next_epoch)
-        loss_fn = YoloLoss(model, settings.hyp)
+        loader = make_train_loader(
+            manifest, settings, device, first_epoch=state.next_epoch, shard=distributed.shard()
+        )
+        loss_fn = YoloLoss(model, settings.hyp, ranks=distributed.world_size())
         plan = EpochPlan.create(settings, loss_fn, precision, device, steps_per_epoch(loader))
         flops = ModelFlops.of_training(model.layer_specs, settings.img_size, device, precision)
         log.info(
@@ -158,10 +162,18 @@ def train(
                 )
                 row |= final.history_columns()
             state.history.append(row)
-            if state.next_epoch < settings.epochs and checkpoints.due():
+            if state.next_epoch < settings.epochs and distributed.agree(checkpoints.due()):
                 with checkpoints.timing():
-                    checkpoint = state.checkpoint(fingerprint, monitor.checkpoint_state())
-                    save_checkpoint(outputs.resume_dir, checkpoint)
+                    if distributed.is_main():  # the one file every rank resumes from
+                        checkpoint = state.checkpoint(fingerprint, monitor.checkpoint_state())
+                        save_checkpoint(outputs.resume_dir, checkpoint)
+                    distributed.barrier()
+            distributed.after_epoch(epoch)
+
+        # The other ranks end here; rank 0 writes every file, with where each rank ran.
+        rank_entries = distributed.gather_ranks(device, monitor, loader, outputs.record)
+        if not distributed.is_main():
+            return {}
 
         _save_weights(outputs.weights, state, settings, manifest)
         write_history(outputs.history, state.history)
@@ -174,6 +186,8 @@ def train(
         record["checkpoints_written_this_segment"] = checkpoints.written
         record["checkpoint_seconds_this_segment"] = checkpoints.seconds
         record.update(monitor.finish(loader, outputs.record.with_name(GPU_SAMPLES)))
+        rank_entries[0]["gpu"] = record["gpu"] if device.type == "cuda" else None
+        record |= {"world_size": len(rank_entries), "ranks": rank_entries}
         record["provenance"] = cell_provenance(
             settings, device, monitor.gpu_info, platform_label, cell_config, outputs.record
         )
@@ -196,7 +210,7 @@ def _interim_dataset(
 ) -> DetectionDataset | None:
     """The split evaluated during training and at its end (the final evaluation), built once
     for all of the job's evaluations; a missing split fails here, before the first epoch."""
-    if interim is None:
+    if interim is None or not distributed.is_main():  # rank 0 alone evaluates
         return None
     return DetectionDataset(manifest.records(interim.split), settings.img_size)
 
@@ -207,7 +221,8 @@ def _resume_if_possible(
     """Continue from the newest intact checkpoint written under the same settings, if any."""
     checkpoint = load_latest_checkpoint(resume_dir, fingerprint)
     if checkpoint is None:
-        remove_checkpoints(resume_dir)  # foreign or damaged: they only mislead
+        if distributed.is_main():
+            remove_checkpoints(resume_dir)  # foreign or damaged: they only mislead
         return
     state.restore(checkpoint)
     monitor.resume(checkpoint.get("accounting"))
@@ -326,19 +341,3 @@ def _format_value(value: float | int | None) -> str:
     if value is None:
         return ""
     return str(value) if isinstance(value, int) else f"{value:.6g}"
-
-
-def train_settings_from_config(
-    config: dict[str, Any], *, model: str, batch: int, epochs: int
-) -> TrainSettings:
-    """Settings of one cell from the workflow's per-cell config (see detbench.planning)."""
-    return TrainSettings(
-        model=model,
-        batch=batch,
-        epochs=epochs,
-        img_size=int(config["img_size"]),
-        seed=int(config["seed"]),
-        weights=str(config.get("weights", "scratch")),
-        train_split=str(config["dataset"]["train_split"]),
-        hyp=TrainHyperparameters.from_dict(config["train"]),
-    )

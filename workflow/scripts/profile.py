@@ -6,9 +6,8 @@ from pathlib import Path
 # detbench from this checkout, also where it is not installed (e.g. a conda env of its own).
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
-from detbench.config import ProfileSettings
+from detbench.config import ProfileSettings, train_settings_from_config
 from detbench.kernel_profile import ProfileOutputs, profile_cell
-from detbench.train import train_settings_from_config
 from detbench.workflow import run_rule
 
 

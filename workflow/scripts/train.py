@@ -13,8 +13,9 @@ from detbench.allocator import restart_with_lean_allocator
 restart_with_lean_allocator(str(snakemake.config["train"].get("device", "auto")))
 
 from detbench.cells import repeat_from_suffix
-from detbench.config import EvalSettings, with_runtime_keys
-from detbench.train import InterimEvaluation, TrainOutputs, train, train_settings_from_config
+from detbench.config import EvalSettings, train_settings_from_config, with_runtime_keys
+from detbench.launch import train_cell
+from detbench.train import InterimEvaluation, TrainOutputs
 from detbench.workflow import run_rule
 
 
@@ -37,22 +38,27 @@ def main() -> None:
     )
     manifest = Path(snakemake.input.dataset) / "manifest.json"
     weights_file = Path(snakemake.input.weights) if snakemake.input.get("weights") else None
-    train(
-        settings,
-        manifest,
-        outputs,
-        threads=snakemake.threads,
-        weights_file=weights_file,
-        platform_label=snakemake.wildcards.platform,
-        cell_config=config,
-        # Read from the run's config like the runtime keys: evaluating during training changes
-        # no weights, so its settings are no part of what retrains a cell.
-        interim_evaluation=InterimEvaluation(
-            split=snakemake.config["dataset"]["eval_split"],
-            settings=EvalSettings.from_dict(snakemake.config["evaluate"]),
+    # One process, or train.ranks of them (detbench.launch), each threads / ranks threads.
+    train_cell(
+        dict(
+            settings=settings,
+            manifest_path=manifest,
+            outputs=outputs,
+            weights_file=weights_file,
+            platform_label=snakemake.wildcards.platform,
+            cell_config=config,
+            # Read from the run's config like the runtime keys: evaluating during training
+            # changes no weights, so its settings are no part of what retrains a cell.
+            interim_evaluation=InterimEvaluation(
+                split=snakemake.config["dataset"]["eval_split"],
+                settings=EvalSettings.from_dict(snakemake.config["evaluate"]),
+            ),
+            repeat=repeat_from_suffix(snakemake.wildcards.repeat_suffix),
         ),
-        repeat=repeat_from_suffix(snakemake.wildcards.repeat_suffix),
+        ranks=settings.hyp.ranks,
+        nodes=settings.hyp.nodes,
+        threads=snakemake.threads,
+        log_path=snakemake.log[0] if len(snakemake.log) else None,
     )
-
 
 run_rule(snakemake, main)
