@@ -103,10 +103,11 @@ def make_train_loader(
         scale=hyp.scale,
         mosaic=hyp.mosaic,
     )
-    records = manifest.records(settings.train_split)
-    if not records:
+    if not manifest.records(settings.train_split):
         raise DetbenchError(f"{manifest.path}: split {settings.train_split!r} has no images")
-    dataset = DetectionDataset(records, settings.img_size, augment=augment, seed=settings.seed)
+    dataset = DetectionDataset.of_split(
+        manifest, settings.train_split, settings.img_size, augment=augment, seed=settings.seed
+    )
     workers = resolve_workers(hyp.workers, device)
     if workers > 0:
         # OpenCV's thread pool off before the workers fork, as YOLOv5 does: otherwise every
