@@ -82,8 +82,9 @@ def test_the_cache_gives_the_samples_decoding_gives(
     memory = DatasetManifest.load(synthetic_manifest)
     disk = DetectionDataset.of_split(cached, "train", SIZE, augment=augment, seed=3)
     assert type(disk.images).__name__ == "DiskImages"
-    _assert_same_samples(DetectionDataset.of_split(memory, "train", SIZE, augment=augment, seed=3),
-                         disk)  # fmt: skip
+    _assert_same_samples(
+        DetectionDataset.of_split(memory, "train", SIZE, augment=augment, seed=3), disk
+    )
 
 
 def test_loader_workers_read_the_cache_and_give_the_same_batches(
@@ -127,8 +128,14 @@ def test_a_few_training_steps_give_the_same_losses_and_weights(
     runs = {}
     for name, given in (("memory", None), ("disk", caches)):
         outputs = TrainOutputs.in_folder(tmp_path / name)
-        train(settings, synthetic_manifest, outputs, threads=1, interim_evaluation=interim,
-              image_caches=given)  # fmt: skip
+        train(
+            settings,
+            synthetic_manifest,
+            outputs,
+            threads=1,
+            interim_evaluation=interim,
+            image_caches=given,
+        )
         runs[name] = outputs
     columns = ("train_total_loss", "train_box_loss", "eval_map50", "eval_total_loss")
     histories = [_history_columns(runs[name].history, columns) for name in ("memory", "disk")]
@@ -240,8 +247,9 @@ def test_a_killed_build_leaves_no_complete_looking_cache(own_manifest: Path, tmp
     """SIGKILL half-way through rebuilding over a complete cache: the old index is gone
     first, the new one never written, so the next job rebuilds rather than reads."""
     folder = build_from_manifest(own_manifest, "train", SIZE, tmp_path / "cache")
-    script = _SLOW_BUILD.format(src=str(SRC), manifest=str(own_manifest), size=SIZE,
-                                folder=str(folder))  # fmt: skip
+    script = _SLOW_BUILD.format(
+        src=str(SRC), manifest=str(own_manifest), size=SIZE, folder=str(folder)
+    )
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None

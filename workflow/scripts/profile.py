@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
 from detbench.config import ProfileSettings
 from detbench.kernel_profile import ProfileOutputs, profile_cell
+from detbench.planning import image_caches_of
 from detbench.train import train_settings_from_config
 from detbench.workflow import run_rule
 
@@ -33,6 +34,7 @@ def main() -> None:
         threads=snakemake.threads,
         platform=snakemake.wildcards.platform,
         config=config,
+        image_caches=image_caches_of(snakemake.input),
     )
 
 

@@ -14,6 +14,7 @@ restart_with_lean_allocator(str(snakemake.config["train"].get("device", "auto"))
 
 from detbench.cells import repeat_from_suffix
 from detbench.config import EvalSettings, with_runtime_keys
+from detbench.planning import image_caches_of
 from detbench.train import InterimEvaluation, TrainOutputs, train, train_settings_from_config
 from detbench.workflow import run_rule
 
@@ -52,6 +53,7 @@ def main() -> None:
             settings=EvalSettings.from_dict(snakemake.config["evaluate"]),
         ),
         repeat=repeat_from_suffix(snakemake.wildcards.repeat_suffix),
+        image_caches=image_caches_of(snakemake.input),
     )
 
 

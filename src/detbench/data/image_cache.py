@@ -222,7 +222,10 @@ def _read_index(folder: Path) -> dict[str, Any] | None:
 
 
 def _stale_reason(
-    folder: Path, index: dict[str, Any] | None, records: Sequence[ImageRecord], img_size: int,
+    folder: Path,
+    index: dict[str, Any] | None,
+    records: Sequence[ImageRecord],
+    img_size: int,
     split: str,
 ) -> str | None:
     """Why the cache ``index`` of ``folder`` cannot serve ``records`` (None: it can)."""
