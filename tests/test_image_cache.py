@@ -316,3 +316,85 @@ def test_open_reads_no_whole_file(own_manifest: Path, tmp_path: Path) -> None:
     assert images._fd is None
     image, ratio = images.image(4)
     assert image.flags.writeable and image.dtype == np.uint8 and ratio == SIZE / 128
+
+
+@pytest.mark.usefixtures("torch_threads")
+def test_evaluating_from_the_cache_gives_the_same_metrics(
+    tiny_trained_cell: tuple[TrainOutputs, dict], synthetic_manifest: Path, tmp_path: Path
+) -> None:
+    from detbench.config import EvalSettings
+    from detbench.evaluate import evaluate_cell
+
+    outputs, _ = tiny_trained_cell
+    caches = {"test": build_from_manifest(synthetic_manifest, "test", SIZE, tmp_path / "c")}
+    results = []
+    for name, given in (("memory", None), ("disk", caches)):
+        evaluation = (tmp_path / f"{name}.json", tmp_path / f"{name}-detections.json")
+        result = evaluate_cell(
+            outputs.weights,
+            synthetic_manifest,
+            "test",
+            EvalSettings(batch_size=2),
+            TrainHyperparameters(workers=0),
+            *evaluation,
+            threads=1,
+            image_caches=given,
+        )
+        result.pop("seconds", None)
+        results.append((result["metrics"], evaluation[1].read_text()))
+    assert results[0] == results[1]
+
+
+def test_the_cache_rule_does_not_import_torch() -> None:
+    """The image_cache jobs start in a fraction of a second (torch alone takes ~1-2 s)."""
+    code = "import sys; import detbench.data.image_cache; print('torch' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
+    assert result.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------- workflow
+
+
+@pytest.mark.slow
+def test_a_disk_cached_cell_through_snakemake_matches_the_in_memory_one(
+    tmp_path: Path, tiny_config: Path, workflow_copier, snakemake
+) -> None:
+    """One tiny cell (and its profile) with dataset.image_cache disk: the image_cache jobs
+    run, and the cell's weights and metrics are the in-memory run's."""
+    import yaml
+
+    cell = "results/test-cpu/yolov3-tiny/b4_e1"
+    runs = {}
+    for mode in ("memory", "disk"):
+        config = yaml.safe_load(tiny_config.read_text(encoding="utf-8"))
+        config["dataset"]["image_cache"] = mode
+        workdir = workflow_copier(tmp_path / mode)
+        (workdir / "study.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+        targets = [f"{cell}/metrics.json"]
+        if mode == "disk":
+            targets.append("results/test-cpu/yolov3-tiny/profile_b4/summary.json")
+        run = snakemake(workdir, *targets, "--cores", "2", "--configfile", "study.yaml")
+        assert run.returncode == 0, run.describe()
+        runs[mode] = (workdir, run.job_stats())
+    assert "image_cache" not in runs["memory"][1]
+    assert runs["disk"][1]["image_cache"] == 2  # train and test at 64 px
+    disk = runs["disk"][0] / "results/datasets/synthetic-tiny/image_cache"
+    assert sorted(p.name for p in disk.iterdir()) == ["test_64", "train_64"]
+    train_log = (runs["disk"][0] / cell / "logs" / "train.log").read_text(encoding="utf-8")
+    assert "rebuilding" not in train_log  # the jobs read what the rule built
+    metrics = [
+        json.loads((runs[mode][0] / cell / "metrics.json").read_text())["metrics"]
+        for mode in ("memory", "disk")
+    ]
+    assert metrics[0] == metrics[1]
+    weights = [
+        torch.load(runs[mode][0] / cell / "weights.pt", weights_only=True)["state_dict"]
+        for mode in ("memory", "disk")
+    ]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
