@@ -103,8 +103,9 @@ class CacheIndex:
 class DiskImages:
     """The images of a built cache folder, read one at a time (see the module's docstring).
 
-    The file descriptor is opened lazily in each process: a DataLoader worker forked from the
-    job opens its own rather than sharing the parent's file offset and lock state.
+    The file descriptor is opened lazily, once per process: a DataLoader worker forked after
+    the job opened it opens its own (and a spawned one gets none with its pickled copy), so no
+    descriptor is ever used by a process that did not open it.
     """
 
     def __init__(self, folder: Path, index: CacheIndex) -> None:
@@ -137,11 +138,6 @@ class DiskImages:
                 "the cache is marked stale and the next job rebuilds it"
             )
         return image, float(self.index.ratios[index])
-
-    def close(self) -> None:
-        if self._fd is not None and self._pid == os.getpid():
-            os.close(self._fd)
-        self._fd = None
 
 
 # --------------------------------------------------------------------------- building

@@ -103,11 +103,11 @@ def make_train_loader(
         scale=hyp.scale,
         mosaic=hyp.mosaic,
     )
-    if not manifest.records(settings.train_split):
-        raise DetbenchError(f"{manifest.path}: split {settings.train_split!r} has no images")
     dataset = DetectionDataset.of_split(
         manifest, settings.train_split, settings.img_size, augment=augment, seed=settings.seed
     )
+    if not len(dataset):
+        raise DetbenchError(f"{manifest.path}: split {settings.train_split!r} has no images")
     workers = resolve_workers(hyp.workers, device)
     if workers > 0:
         # OpenCV's thread pool off before the workers fork, as YOLOv5 does: otherwise every
