@@ -2,7 +2,6 @@
 # the workflow decides (which jobs a config change reruns, wall time, the cell grid) lives in
 # detbench.planning; cell folders and file names in detbench.cells.
 
-import re
 import sys
 from functools import cache, partial
 from pathlib import Path
@@ -101,12 +100,17 @@ def train_inputs(wildcards):
     from detbench.darknet_files import starting_weights
 
     inputs = {"dataset": f"{DATASET_DIR}/yolo"}
-    file = starting_weights(
-        wildcards.model, planning.model_weights(config, wildcards.model)
-    )
+    weights = planning.model_weights(config, wildcards.model)
+    file = starting_weights(wildcards.model, weights)
     if file is not None:
         inputs["weights"] = f"results/weights/{file.name}"
     return inputs
+
+
+def image_caches(rule):
+    """Input function: the disk image caches `rule`'s jobs read (detbench.planning)."""
+    inputs = planning.image_cache_inputs
+    return lambda wildcards: inputs(config, DATASET_DIR, rule, ancient)
 
 
 def train_config(wildcards):
@@ -134,11 +138,7 @@ def resume_dir(wildcards):
 def train_runtime(wildcards, attempt):
     """Minutes of wall time a scheduler is asked for per train job (detbench.planning); a
     retried job (--retries) asks for `attempt` times as much."""
-    images = planning.train_image_count(config["dataset"], DATASET_DIR)
-    batch, epochs = int(wildcards.batch), int(wildcards.epochs)
-    return planning.WALL_TIME.minutes(
-        wildcards.model, batch, epochs, images, config["img_size"], attempt
-    )
+    return planning.train_minutes(config, DATASET_DIR, wildcards, attempt)
 
 
 def report_reference():

@@ -44,3 +44,24 @@ rule convert:
         dataset=config["dataset"],
     script:
         "../workflow/scripts/convert.py"
+
+
+# Only when dataset.image_cache resolves to disk (detbench.planning.image_cache_mode): each
+# split's images decoded once at the study's img_size, read by every train, evaluate and
+# profile job instead of decoding them again (their inputs: common.smk's image_caches).
+rule image_cache:
+    input:
+        dataset=f"{DATASET_DIR}/yolo",
+    output:
+        directory(f"{DATASET_DIR}/image_cache/{{split}}_{{img_size}}"),
+    log:
+        f"{DATASET_DIR}/logs/image_cache_{{split}}_{{img_size}}.log",
+    benchmark:
+        f"{DATASET_DIR}/logs/image_cache_{{split}}_{{img_size}}.benchmark.tsv"
+    wildcard_constraints:
+        split=r"[A-Za-z0-9][A-Za-z0-9._-]*",
+        img_size=r"\d+",
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow/scripts/image_cache.py"

@@ -3,6 +3,7 @@
 
 rule evaluate:
     input:
+        unpack(image_caches("evaluate")),
         weights=f"{CELL}/{cells.WEIGHTS}",
         dataset=f"{DATASET_DIR}/yolo",
     output:

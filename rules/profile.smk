@@ -5,6 +5,7 @@
 
 rule profile:
     input:
+        unpack(image_caches("profile")),
         dataset=f"{DATASET_DIR}/yolo",
     output:
         kernels=report(

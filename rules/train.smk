@@ -21,6 +21,7 @@ rule download_weights:
 rule train:
     input:
         unpack(train_inputs),
+        unpack(image_caches("train")),
     output:
         weights=f"{CELL}/{cells.WEIGHTS}",
         history=report(

@@ -157,7 +157,20 @@ BAD_CONFIGS: dict[str, tuple[Callable[[dict[str, Any]], None], tuple[str, ...]]]
     "batch size 0": (_set("batch_sizes", [0]), ("batch_sizes[0]",)),
     "boolean epochs": (_set("epochs", [True]), ("epochs[0]",)),
     "bad device": (_set("train.device", "gpu"), ("train.device",)),
+    "bad image cache": (_set("dataset.image_cache", "ram"), ("dataset.image_cache", "'ram'")),
 }
+
+
+def test_image_cache_defaults_to_auto_and_its_description_says_which_runs_when() -> None:
+    config = validate_config(copy.deepcopy(MINIMAL))
+    assert config["dataset"]["image_cache"] == "auto"
+    description = load_schema()["properties"]["dataset"]["properties"]["image_cache"]
+    text = " ".join(description["description"].split())
+    assert "more than 2000 images" in text and "else memory" in text
+    for mode in ("memory", "disk"):
+        config = copy.deepcopy(MINIMAL)
+        config["dataset"]["image_cache"] = mode
+        assert validate_config(config)["dataset"]["image_cache"] == mode
 
 
 @pytest.mark.parametrize("case", list(BAD_CONFIGS))

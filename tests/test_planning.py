@@ -119,3 +119,69 @@ def test_a_cell_asks_for_a_task_and_a_gpu_per_rank_and_splits_its_threads() -> N
     ]
     assert planning.rank_cpus_per_task(four, threads=8) == 2
     assert planning.rank_cpus_per_task(four, threads=2) == 1  # never none
+
+
+# --------------------------------------------------------------------------- image cache
+
+
+def _synthetic(train_images: int, mode: str = "auto") -> dict[str, Any]:
+    return {
+        "img_size": 416,
+        "dataset": {
+            "source": "synthetic",
+            "synthetic": {"train": train_images},
+            "train_split": "train",
+            "eval_split": "test",
+            "image_cache": mode,
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("images", "mode", "resolved"),
+    [
+        (2000, "auto", "memory"),
+        (2001, "auto", "disk"),
+        (50_000, "memory", "memory"),
+        (10, "disk", "disk"),
+    ],
+)
+def test_image_cache_mode_resolves_auto_by_the_training_split(
+    images: int, mode: str, resolved: str
+) -> None:
+    assert planning.image_cache_mode(_synthetic(images, mode), "/nonexistent") == resolved
+
+
+def test_the_shipped_studies_keep_the_in_memory_path(study: dict) -> None:
+    """BCCD (config.yaml) and the demo: no cache job, no cache input, the same DAG."""
+    demo = load_config_file(REPO / "config" / "demo.yaml")
+    for config in (study, demo):
+        assert planning.image_cache_mode(config, "/nonexistent") == "memory"
+        assert planning.image_cache_inputs(config, "/nonexistent", "train") == {}
+
+
+def test_image_cache_inputs_name_each_rules_splits() -> None:
+    config = _synthetic(5000)
+    folder = "d/image_cache/{}_416"
+    assert planning.image_cache_inputs(config, "d", "train") == {
+        "cache_train": folder.format("train"),
+        "cache_test": folder.format("test"),
+    }
+    assert planning.image_cache_inputs(config, "d", "evaluate") == {
+        "cache_test": folder.format("test")
+    }
+    profile = planning.image_cache_inputs(config, "d", "profile", wrap=Path)
+    assert profile == {"cache_train": Path(folder.format("train"))}
+    inputs = {"dataset": "d/yolo", **planning.image_cache_inputs(config, "d", "train")}
+    assert planning.image_caches_of(inputs) == {
+        "train": Path(folder.format("train")),
+        "test": Path(folder.format("test")),
+    }
+
+
+def test_changing_the_image_cache_reruns_no_job(study: dict) -> None:
+    changed = copy.deepcopy(study)
+    changed["dataset"]["image_cache"] = "disk"
+    assert planning.train_params(changed, "yolov3") == planning.train_params(study, "yolov3")
+    assert planning.evaluate_params(changed) == planning.evaluate_params(study)
+    assert planning.profile_params(changed) == planning.profile_params(study)

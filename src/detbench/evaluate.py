@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -148,17 +149,19 @@ def evaluate_cell(
     *,
     cell: dict[str, Any] | None = None,
     threads: int | None = None,
+    image_caches: Mapping[str, Path] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a trained model on ``split``; write metrics JSON and COCO results JSON."""
+    """Evaluate a trained model on ``split``; write metrics JSON and COCO results JSON.
+    ``image_caches``: split -> disk image cache folder (else the split is decoded in memory)."""
     if threads:
         torch.set_num_threads(threads)
     device = select_device(hyp.device)
     model, metadata = load_trained_model(weights_path, device)
-    manifest = DatasetManifest.load(manifest_path)
+    manifest = DatasetManifest.load(manifest_path, image_caches)
     if tuple(metadata["class_names"]) != manifest.class_names:
         raise_mismatch(weights_path, metadata["class_names"], manifest)
     img_size = int(metadata["img_size"])
-    dataset = DetectionDataset(manifest.records(split), img_size)
+    dataset = DetectionDataset.of_split(manifest, split, img_size)
     evaluation = evaluate_model(model, dataset, manifest.class_names, settings, hyp, device)
     result, coco_results = cell_results(evaluation, dataset, manifest, split, settings, device)
     result["cell"] = cell or {}

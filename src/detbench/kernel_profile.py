@@ -172,15 +172,17 @@ def profile_cell(
     threads: int | None = None,
     platform: str | None = None,
     config: Mapping[str, Any] | None = None,
+    image_caches: Mapping[str, Path] | None = None,
 ) -> dict[str, Any]:
     """Profile ``profile.steps`` training steps of ``settings``' model and batch size; write
-    the kernel table, the summary and the trace; return the summary."""
+    the kernel table, the summary and the trace; return the summary. ``image_caches``: split
+    -> disk image cache folder (see detbench.train.train)."""
     if threads:
         torch.set_num_threads(threads)
     settings = dataclasses.replace(settings, weights="scratch")
     device = select_device(settings.hyp.device)
     precision = select_precision(device, settings.hyp.amp)
-    manifest = DatasetManifest.load(manifest_path)
+    manifest = DatasetManifest.load(manifest_path, image_caches)
     seed_everything(settings.seed)
     loader = make_train_loader(manifest, settings, device, epochs=ENOUGH_EPOCHS)
     model = build_training_model(settings, len(manifest.class_names)).to(device)

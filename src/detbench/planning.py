@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,9 @@ TRAINING_DATASET_KEYS = (
     "synthetic",
     "max_images",
 )
+# Dataset keys that say how jobs read the data, not what it is: kept out of every rule's params
+# (the disk cache holds the decoded pixels bit for bit), so changing them reruns no job.
+RUNTIME_DATASET_KEYS = ("image_cache",)
 
 
 def model_weights(config: Mapping[str, Any], model: str) -> str:
@@ -91,10 +94,14 @@ def train_params(config: Mapping[str, Any], model: str, repeat: int = 0) -> dict
 def evaluate_params(config: Mapping[str, Any]) -> dict[str, Any]:
     """What a cell's evaluation depends on: changing only this re-evaluates, never retrains."""
     return {
-        "dataset": config["dataset"],
+        "dataset": _dataset_params(config),
         "train": without_runtime_keys(config["train"]),
         "evaluate": config["evaluate"],
     }
+
+
+def _dataset_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config["dataset"].items() if k not in RUNTIME_DATASET_KEYS}
 
 
 def profile_params(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -104,7 +111,7 @@ def profile_params(config: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "seed": config["seed"],
         "img_size": config["img_size"],
-        "dataset": config["dataset"],
+        "dataset": _dataset_params(config),
         "train": without_unprofiled_keys(config["train"]),
         "profile": config["profile"],
     }
@@ -145,6 +152,17 @@ class WallTimeModel:
 
 
 WALL_TIME = WallTimeModel()
+
+
+def train_minutes(
+    config: Mapping[str, Any], dataset_dir: str | Path, wildcards: Any, attempt: int
+) -> int:
+    """WALL_TIME's minutes for the train job of the cell named by ``wildcards``."""
+    images = train_image_count(config["dataset"], dataset_dir)
+    batch, epochs = int(wildcards.batch), int(wildcards.epochs)
+    return WALL_TIME.minutes(wildcards.model, batch, epochs, images, config["img_size"], attempt)
+
+
 # COCO 2017's training split, for a plan made before its annotations are downloaded.
 COCO_TRAIN_IMAGES = 118_287
 # Images of a VOC dataset whose split lists cannot be read yet (a source to be copied).
@@ -185,6 +203,59 @@ def _bccd_image_count() -> int:
 
     return sum(1 for name in load_manifest() if name.startswith("JPEGImages/"))
 
+
+# --------------------------------------------------------------------------- image cache
+
+# dataset.image_cache auto: the disk cache above this many training images. Below it the
+# in-memory path is faster per job and small in memory (benchmarks/image_cache.py, RESULTS.md).
+DISK_CACHE_ABOVE_IMAGES = 2000
+# The splits each rule's jobs read, by their dataset key.
+IMAGE_CACHE_SPLITS: Mapping[str, tuple[str, ...]] = {
+    "train": ("train_split", "eval_split"),  # training, and its interim and final evaluation
+    "evaluate": ("eval_split",),
+    "profile": ("train_split",),
+}
+
+
+def image_cache_mode(config: Mapping[str, Any], dataset_dir: str | Path) -> str:
+    """'memory' or 'disk': dataset.image_cache, with auto resolved by the training split's
+    size (train_image_count: the split file once it exists, else the config's estimate)."""
+    mode = str(config["dataset"].get("image_cache", "auto"))
+    if mode != "auto":
+        return mode
+    images = train_image_count(config["dataset"], dataset_dir)
+    return "disk" if images > DISK_CACHE_ABOVE_IMAGES else "memory"
+
+
+def image_cache_folder(dataset_dir: str | Path, split: str, img_size: int) -> str:
+    """The image_cache rule's output for ``split`` at ``img_size`` (rules/data.smk)."""
+    return f"{dataset_dir}/image_cache/{split}_{img_size}"
+
+
+def image_cache_inputs(
+    config: Mapping[str, Any],
+    dataset_dir: str | Path,
+    rule: str,
+    wrap: Callable[[str], Any] = str,
+) -> dict[str, Any]:
+    """The disk caches a job of ``rule`` reads, as named inputs ``cache_<split>`` (the
+    scripts pass them on by split; see image_caches_of); none when the mode is memory.
+    Each goes through ``wrap``: the workflow's ``ancient``, as a cache that a job found
+    damaged and rebuilt holds the same pixels, and must not rerun every other cell."""
+    if image_cache_mode(config, dataset_dir) != "disk":
+        return {}
+    splits = (config["dataset"][key] for key in IMAGE_CACHE_SPLITS[rule])
+    size = int(config["img_size"])
+    return {f"cache_{s}": wrap(image_cache_folder(dataset_dir, s, size)) for s in splits}
+
+
+def image_caches_of(inputs: Mapping[str, Any]) -> dict[str, Path]:
+    """split -> cache folder from a job's named inputs (the reverse of image_cache_inputs)."""
+    return {
+        key.removeprefix("cache_"): Path(str(value))
+        for key, value in inputs.items()
+        if key.startswith("cache_")
+    }
 
 
 def study_cells(config: Mapping[str, Any]) -> list[Cell]:

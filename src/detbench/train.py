@@ -109,6 +109,7 @@ def train(
     cell_config: Mapping[str, Any] | None = None,
     interim_evaluation: InterimEvaluation | None = None,
     repeat: int = 0,
+    image_caches: Mapping[str, Path] | None = None,
 ) -> dict[str, Any]:
     """Train one cell; write weights, history and the run record; return the record.
 
@@ -118,6 +119,7 @@ def train(
     ``platform_label``, ``cell_config``: the platform and the cell's config for the record's
     provenance (see detbench.profiling.cell_provenance for what stands in without them).
     ``repeat``: which run of the cell this is (recorded; the seed is in ``settings``).
+    ``image_caches``: split -> disk image cache folder to read it from (else decoded in memory).
     """
     with sigterm_exits():
         job_start = time.perf_counter()
@@ -126,7 +128,7 @@ def train(
         device = distributed.rank_device(select_device(settings.hyp.device))
         precision = select_precision(device, settings.hyp.amp)
         monitor = TrainMonitor.start(device)  # time -v's figures and NVML samples, all segments
-        manifest = DatasetManifest.load(manifest_path)
+        manifest = DatasetManifest.load(manifest_path, image_caches)
         eval_dataset = _interim_dataset(manifest, settings, interim_evaluation)
         seed_everything(settings.seed)
         model = build_training_model(settings, len(manifest.class_names), weights_file).to(device)
@@ -212,7 +214,7 @@ def _interim_dataset(
     for all of the job's evaluations; a missing split fails here, before the first epoch."""
     if interim is None or not distributed.is_main():  # rank 0 alone evaluates
         return None
-    return DetectionDataset(manifest.records(interim.split), settings.img_size)
+    return DetectionDataset.of_split(manifest, interim.split, settings.img_size)
 
 
 def _resume_if_possible(

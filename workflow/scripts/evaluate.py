@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 from detbench import final_evaluation
 from detbench.cells import FINAL_EVALUATION, cell_of
 from detbench.config import EvalSettings, TrainHyperparameters, with_runtime_keys
+from detbench.planning import image_caches_of
 from detbench.workflow import run_rule
 
 
@@ -33,7 +34,7 @@ def main() -> None:
 
     evaluate_cell(
         weights, manifest, split, settings, hyp, output.metrics, output.detections,
-        cell=cell, threads=snakemake.threads,
+        cell=cell, threads=snakemake.threads, image_caches=image_caches_of(snakemake.input),
     )
 
 

@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
 from detbench.config import ProfileSettings, train_settings_from_config
 from detbench.kernel_profile import ProfileOutputs, profile_cell
+from detbench.planning import image_caches_of
 from detbench.workflow import run_rule
 
 
@@ -32,6 +33,7 @@ def main() -> None:
         threads=snakemake.threads,
         platform=snakemake.wildcards.platform,
         config=config,
+        image_caches=image_caches_of(snakemake.input),
     )
 
 

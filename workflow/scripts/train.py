@@ -15,6 +15,7 @@ restart_with_lean_allocator(str(snakemake.config["train"].get("device", "auto"))
 from detbench.cells import repeat_from_suffix
 from detbench.config import EvalSettings, train_settings_from_config, with_runtime_keys
 from detbench.launch import train_cell
+from detbench.planning import image_caches_of
 from detbench.train import InterimEvaluation, TrainOutputs
 from detbench.workflow import run_rule
 
@@ -54,11 +55,13 @@ def main() -> None:
                 settings=EvalSettings.from_dict(snakemake.config["evaluate"]),
             ),
             repeat=repeat_from_suffix(snakemake.wildcards.repeat_suffix),
+            image_caches=image_caches_of(snakemake.input),
         ),
         ranks=settings.hyp.ranks,
         nodes=settings.hyp.nodes,
         threads=snakemake.threads,
         log_path=snakemake.log[0] if len(snakemake.log) else None,
     )
+
 
 run_rule(snakemake, main)

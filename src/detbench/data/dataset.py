@@ -1,4 +1,4 @@
-"""A YOLO dataset over a converted manifest: cached decoded images, letterbox, augmentation.
+"""A YOLO dataset over a converted manifest: decoded images, letterbox, augmentation.
 
 Each sample's augmentation draws from a generator seeded by ``(seed, epoch, index)``, so the
 data a model sees is a pure function of the seed and the epoch: it does not depend on the
@@ -10,116 +10,27 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from detbench.data.augment import (
-    AugmentSettings,
-    Letterbox,
-    augment,
-    letterbox,
-    mosaic,
-    resize_long_side,
-)
-from detbench.errors import DetbenchError, read_json
+from detbench.data.augment import AugmentSettings, Letterbox, augment, letterbox, mosaic
+from detbench.data.image_cache import DecodedImages, ImageSource, open_image_cache
 
+# The manifest and its records live in detbench.data.manifest (no torch there); most callers
+# import them from here, with the dataset.
+from detbench.data.manifest import DatasetManifest, ImageRecord, read_image
 
-@dataclasses.dataclass(frozen=True)
-class ImageRecord:
-    id: str
-    path: Path
-    width: int
-    height: int
-    labels: np.ndarray  # (N, 5): class, cx, cy, w, h normalised to the original image
-
-    def boxes_xyxy(self) -> np.ndarray:
-        """Ground-truth boxes in original-image pixels (x0, y0, x1, y1)."""
-        cx, cy, w, h = (self.labels[:, i] for i in range(1, 5))
-        boxes = np.stack(
-            [
-                (cx - w / 2) * self.width,
-                (cy - h / 2) * self.height,
-                (cx + w / 2) * self.width,
-                (cy + h / 2) * self.height,
-            ],
-            axis=1,
-        )
-        return boxes.astype(np.float64).reshape(-1, 4)
-
-    @property
-    def classes(self) -> np.ndarray:
-        return self.labels[:, 0].astype(np.int64)
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetManifest:
-    path: Path
-    dataset: str
-    class_names: tuple[str, ...]
-    image_dir: Path
-    label_dir: Path
-    splits: dict[str, list[dict[str, Any]]]
-    raw: dict[str, Any]
-
-    @classmethod
-    def load(cls, path: str | Path) -> DatasetManifest:
-        path = Path(path)
-        if path.is_dir():
-            path = path / "manifest.json"
-        raw = read_json(path, missing="dataset manifest does not exist")
-        try:
-            image_dir = Path(raw["image_dir"])
-            if not image_dir.is_absolute():
-                image_dir = path.parent / image_dir
-            return cls(
-                path=path,
-                dataset=str(raw["dataset"]),
-                class_names=tuple(raw["class_names"]),
-                image_dir=image_dir,
-                label_dir=path.parent / raw["label_dir"],
-                splits=dict(raw["splits"]),
-                raw=raw,
-            )
-        except KeyError as exc:
-            raise DetbenchError(f"{path}: manifest lacks the key {exc.args[0]!r}") from None
-
-    def records(self, split: str) -> list[ImageRecord]:
-        if split not in self.splits:
-            known = ", ".join(sorted(self.splits))
-            raise DetbenchError(f"{self.path}: no split {split!r} (the manifest has: {known})")
-        from detbench.data.integrity import MadeFrom
-        from detbench.data.voc import load_yolo_labels
-
-        made_from = MadeFrom.from_manifest(self.path, self.raw)
-        if made_from is not None:
-            # Before decoding anything: a dataset whose source copy is gone or differs is
-            # refused naming the user's file, not a decode error on the workflow's copy.
-            image_dir = self.image_dir.name
-            made_from.check([f"{image_dir}/{entry['file']}" for entry in self.splits[split]])
-        return [
-            ImageRecord(
-                id=entry["id"],
-                path=self.image_dir / entry["file"],
-                width=int(entry["width"]),
-                height=int(entry["height"]),
-                labels=load_yolo_labels(self.label_dir / f"{entry['id']}.txt"),
-            )
-            for entry in self.splits[split]
-        ]
-
-
-def read_image(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        if not path.exists():
-            raise DetbenchError(f"{path}: image file does not exist")
-        raise DetbenchError(f"{path}: not a readable image")
-    return image
+__all__ = [
+    "Batch",
+    "DatasetManifest",
+    "DetectionDataset",
+    "ImageRecord",
+    "Sample",
+    "collate",
+    "read_image",
+]
 
 
 @dataclasses.dataclass
@@ -131,7 +42,8 @@ class Sample:
 
 
 class DetectionDataset(Dataset[Sample]):
-    """Images of one split, decoded once and cached at network resolution.
+    """Images of one split at network resolution, from ``images``: by default decoded once
+    into memory, or a disk image cache (detbench.data.image_cache); the samples are the same.
 
     With ``augment`` set, every access applies the random training transform; without it,
     images are letterboxed deterministically (evaluation).
@@ -144,19 +56,34 @@ class DetectionDataset(Dataset[Sample]):
         *,
         augment: AugmentSettings | None = None,
         seed: int = 0,
+        images: ImageSource | None = None,
     ) -> None:
         self.records = list(records)
         self.img_size = img_size
         self.augment_settings = augment
         self.seed = seed
         self._index = {record.id: i for i, record in enumerate(self.records)}
-        # Decoding JPEGs is the slowest part of loading; BCCD at 416 px is ~80 MB resident.
-        self._images: list[np.ndarray] = []
-        self._ratios: list[float] = []
-        for record in self.records:
-            resized, ratio = resize_long_side(read_image(record.path), img_size)
-            self._images.append(resized)
-            self._ratios.append(ratio)
+        # Decoding JPEGs is the slowest part of loading, hence once per job (or per cache).
+        self.images = images if images is not None else DecodedImages(self.records, img_size)
+        if len(self.images) != len(self.records):
+            raise ValueError(f"{len(self.images)} images for {len(self.records)} records")
+
+    @classmethod
+    def of_split(
+        cls,
+        manifest: DatasetManifest,
+        split: str,
+        img_size: int,
+        *,
+        augment: AugmentSettings | None = None,
+        seed: int = 0,
+    ) -> DetectionDataset:
+        """``split`` of ``manifest``, read from its disk image cache where the manifest names
+        one (``image_caches``), else decoded into memory."""
+        records = manifest.records(split)
+        folder = manifest.image_caches.get(split)
+        images = None if folder is None else open_image_cache(folder, records, img_size, split)
+        return cls(records, img_size, augment=augment, seed=seed, images=images)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -166,10 +93,11 @@ class DetectionDataset(Dataset[Sample]):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         others = rng.integers(0, len(self.records), size=3)
         chosen = [index, *others.tolist()]
+        chosen_images = [(self.images.image(i), self.records[i]) for i in chosen]
         return mosaic(
-            [self._images[i] for i in chosen],
-            [self.records[i].boxes_xyxy() * self._ratios[i] for i in chosen],
-            [self.records[i].classes for i in chosen],
+            [image for (image, _), _ in chosen_images],
+            [record.boxes_xyxy() * ratio for (_, ratio), record in chosen_images],
+            [record.classes for _, record in chosen_images],
             self.img_size,
             rng,
         )
@@ -183,7 +111,7 @@ class DetectionDataset(Dataset[Sample]):
     def sample(self, index: int, *, epoch: int = 0) -> Sample:
         """The image at ``index`` as the model sees it in ``epoch`` (augmented or not)."""
         record = self.records[index]
-        image, ratio = self._images[index], self._ratios[index]
+        image, ratio = self.images.image(index)
         boxes = record.boxes_xyxy() * ratio
         classes = record.classes
         if self.augment_settings is not None:

@@ -121,16 +121,17 @@ def make_train_loader(
         scale=hyp.scale,
         mosaic=hyp.mosaic,
     )
-    records = manifest.records(settings.train_split)
-    if not records:
+    dataset = DetectionDataset.of_split(
+        manifest, settings.train_split, settings.img_size, augment=augment, seed=settings.seed
+    )
+    if not len(dataset):
         raise DetbenchError(f"{manifest.path}: split {settings.train_split!r} has no images")
-    if 0 < len(records) % settings.batch < ranks:
+    if 0 < len(dataset) % settings.batch < ranks:
         raise DetbenchError(
             f"{manifest.path}: the last batch of split {settings.train_split!r} has "
-            f"{len(records) % settings.batch} images, fewer than train.ranks ({ranks}): "
+            f"{len(dataset) % settings.batch} images, fewer than train.ranks ({ranks}): "
             "a rank would step on none; change the batch or the ranks"
         )
-    dataset = DetectionDataset(records, settings.img_size, augment=augment, seed=settings.seed)
     workers = resolve_workers(hyp.workers, device)
     if workers > 0:
         # OpenCV's thread pool off before the workers fork, as YOLOv5 does: otherwise every
