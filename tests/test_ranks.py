@@ -140,17 +140,23 @@ def test_a_dead_rank_is_named_in_one_line() -> None:
 CELL = "results/test-cpu/yolov3-tiny/b4_e4"
 
 
-def _ranks_config(workdir: Path, ranks: int) -> Path:
+def _ranks_config(workdir: Path, ranks: int, image_cache: str) -> Path:
     """The tiny study's train: section with ``ranks`` ranks and a checkpoint every epoch."""
-    path = workdir / f"ranks{ranks}.yaml"
+    path = workdir / f"ranks{ranks}_{image_cache}.yaml"
     train = {"ranks": ranks, "device": "cpu", "checkpoint_interval_s": 0}
-    grid = {"batch_sizes": [4], "epochs": [4]}
+    grid = {"batch_sizes": [4], "epochs": [4], "dataset": {"image_cache": image_cache}}
     path.write_text(yaml.safe_dump({"train": train, **grid}), encoding="utf-8")
     return path
 
 
 def _run_cell(
-    snakemake: Callable[..., Any], workdir: Path, tiny_config: Path, ranks: int, **env: str
+    snakemake: Callable[..., Any],
+    workdir: Path,
+    tiny_config: Path,
+    ranks: int,
+    *args: str,
+    image_cache: str = "memory",
+    **env: str,
 ) -> Any:
     """`snakemake <cell>/metrics.json` on 2 cores (each of 2 ranks gets 1 torch thread)."""
     saved = {key: os.environ.get(key) for key in env}
@@ -163,7 +169,8 @@ def _run_cell(
             "2",
             "--configfile",
             tiny_config,
-            _ranks_config(workdir, ranks),
+            _ranks_config(workdir, ranks, image_cache),
+            *args,
         )
     finally:
         for key, value in saved.items():
@@ -219,6 +226,19 @@ def test_two_ranks_train_the_cell_one_rank_trains(
     )
     val_loss = sum(metrics["val_loss"].values())
     assert val_loss == pytest.approx(sum(single_metrics["val_loss"].values()), rel=0.10)
+
+    # Both ranks reading the shared disk cache (issue 17) instead of decoding: the same pixels,
+    # so the same run to the digit.
+    cached = _run_cell(
+        snakemake, workflow_copy, tiny_config, 2, "--forcerun", "train", image_cache="disk"
+    )
+    assert cached.returncode == 0, cached.describe()
+    assert "image_cache" in cached.output, cached.describe()
+    computed = [key for key in history[0] if "loss" in key or "map" in key or key == "lr"]
+    assert [[row[key] for key in computed] for row in _read(workflow_copy, "history.csv")] == [
+        [row[key] for key in computed] for row in history
+    ]
+    assert _read(workflow_copy, "metrics.json")["metrics"] == metrics["metrics"]
 
 
 @pytest.mark.slow
