@@ -417,4 +417,82 @@ def test_unsafe_file_name_is_refused() -> None:
 
 def test_unknown_split_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DetbenchError, match="split: expected one of train2017, val2017"):
-        fetch_coco(tmp_path / "coco", split="test2017")
+        fetch_coco(tmp_path / "coco", splits=["test2017"])
+
+
+# Training images: ids disjoint from the val images', as COCO's are.
+TRAIN_IMAGES = {9: (48, 36), 25: (40, 40), 30: (36, 48)}
+
+
+def test_train_and_val_splits_in_one_dataset(
+    http_server: LocalHTTPServer, tmp_path: Path, image_jpegs: dict[str, bytes]
+) -> None:
+    """A study's train2017 and val2017 subsets: one manifest with both splits, each split's
+    first ``max_images`` by id, only those members fetched from each zip."""
+    train_jpegs = {_file(i): _jpeg(w, h, seed=i) for i, (w, h) in TRAIN_IMAGES.items()}
+    train_instances = {
+        "images": [
+            {"id": i, "file_name": _file(i), "width": w, "height": h}
+            for i, (w, h) in TRAIN_IMAGES.items()
+        ],
+        "annotations": [
+            {"id": 100 + i, "image_id": i, "category_id": 1, "bbox": [2, 2, 10, 10], "iscrowd": 0}
+            for i in TRAIN_IMAGES
+        ],
+        "categories": CATEGORIES,
+    }
+    annotations = _zip(
+        {
+            "annotations/instances_train2017.json": json.dumps(train_instances).encode(),
+            "annotations/instances_val2017.json": json.dumps(_instances()).encode(),
+        }
+    )
+    http_server.add(ANNOTATIONS_PATH, annotations)
+    http_server.add(IMAGES_PATH, _zip({f"val2017/{n}": d for n, d in image_jpegs.items()}))
+    # The image not chosen first, and a large member last: the zip's tail (its directory,
+    # fetched first) then holds no image.
+    padding = np.random.default_rng(0).bytes(3 << 20)  # > the 1 MiB tail fetched
+    order = [_file(30), _file(9), _file(25)]
+    train_members = {f"train2017/{n}": train_jpegs[n] for n in order}
+    train_zip = _zip(train_members | {"train2017/padding.bin": padding})
+    http_server.add("/zips/train2017.zip", train_zip)
+
+    out_dir = _fetch(http_server, tmp_path / "coco", splits=["train2017", "val2017"], max_images=2)
+
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    assert manifest["dataset"] == "coco-train2017+val2017"
+    assert {split: [e["id"] for e in entries] for split, entries in manifest["splits"].items()} == {
+        "train2017": ["000000000009", "000000000025"],
+        "val2017": ["000000000139", "000000000285"],
+    }
+    assert [manifest["counts"][s]["images"] for s in ("train2017", "val2017")] == [2, 2]
+    assert manifest["source"] == [
+        http_server.url("/zips/train2017.zip"),
+        http_server.url("/zips/val2017.zip"),
+    ]
+    assert _fetched_members(http_server, "/zips/train2017.zip", train_zip) - {
+        "train2017/padding.bin"
+    } == {
+        f"train2017/{_file(9)}",
+        f"train2017/{_file(25)}",
+    }
+    assert (out_dir / "JPEGImages" / _file(25)).read_bytes() == train_jpegs[_file(25)]
+    assert _labels(out_dir / "labels" / "000000000009.txt") == [
+        ["0", "0.145833", "0.194444", "0.208333", "0.277778"]  # bbox 2,2,10,10 in 48x36
+    ]
+    # Both splits read as the workflow reads them.
+    from detbench.data.manifest import DatasetManifest
+
+    loaded = DatasetManifest.load(out_dir)
+    assert [r.id for r in loaded.records("train2017")] == ["000000000009", "000000000025"]
+    assert len(loaded.records("val2017")) == 2
+
+
+def test_a_study_fetches_its_train_and_eval_splits_and_refuses_other_names() -> None:
+    from detbench.data.prepare import coco_splits
+
+    study = {"train_split": "train2017", "eval_split": "val2017"}
+    assert coco_splits(study) == ["train2017", "val2017"]
+    assert coco_splits({"train_split": "val2017", "eval_split": "val2017"}) == ["val2017"]
+    with pytest.raises(DetbenchError, match=r"dataset\.train_split: COCO's splits are "):
+        coco_splits({"train_split": "train", "eval_split": "val2017"})

@@ -24,7 +24,7 @@ import shutil
 import sys
 import zipfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -110,7 +110,7 @@ class CocoConversion:
 def fetch_coco(
     out_dir: Path,
     *,
-    split: str = "val2017",
+    splits: Sequence[str] = ("val2017",),
     max_images: int | None = None,
     base_url: str = COCO_BASE_URL,
     cache_dir: Path | None = None,
@@ -118,29 +118,37 @@ def fetch_coco(
     backoff_s: float = 1.0,
     progress: bool | None = None,
 ) -> Path:
-    """Download COCO ``split`` and write images, YOLO labels and ``manifest.json`` to ``out_dir``.
+    """Download COCO ``splits`` and write images, YOLO labels and ``manifest.json`` (one entry
+    per split) to ``out_dir``.
 
-    ``max_images`` keeps the first N images by id, and only those are downloaded (by range; the
-    whole archive when the server cannot send ranges). Downloads are cached in ``cache_dir``
-    (default ``<out_dir's parent>/.download``). ``out_dir`` is replaced atomically at the end.
+    ``max_images`` keeps the first N images by id of each split, and only those are downloaded
+    (by range; the whole archive when the server cannot send ranges). Downloads are cached in
+    ``cache_dir`` (default ``<out_dir's parent>/.download``). ``out_dir`` is replaced atomically
+    at the end. COCO's image ids, and so its file names, are unique across its splits.
     """
-    if split not in SPLITS:
-        raise DetbenchError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
+    splits = list(dict.fromkeys(splits))
+    for split in splits:
+        if split not in SPLITS:
+            raise DetbenchError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
     if max_images is not None and max_images < 1:
         raise DetbenchError(f"max_images: expected a positive number, got {max_images}")
     out_dir = Path(out_dir)
     cache = Path(cache_dir) if cache_dir is not None else out_dir.parent / ".download"
     source = _Source(base_url.rstrip("/"), cache, Retry(retries, backoff_s), progress)
 
-    instances, where = _load_instances(source, split)
-    conversion = convert_instances(instances, max_images=max_images, where=where)
-    files = [image.file for image in conversion.images]
+    conversions = {}
+    for split in splits:
+        instances, where = _load_instances(source, split)
+        conversions[split] = convert_instances(instances, max_images=max_images, where=where)
 
     with atomic_directory(out_dir) as tmp:
-        _fetch_images(source, split, files, tmp / "JPEGImages", subset=max_images is not None)
-        _write_labels(tmp / "labels", conversion.images)
-        images_url = source.url(f"zips/{split}.zip")
-        manifest = _manifest(conversion, split, out_dir.resolve() / "JPEGImages", images_url)
+        for split, conversion in conversions.items():
+            files = [image.file for image in conversion.images]
+            subset = max_images is not None
+            _fetch_images(source, split, files, tmp / "JPEGImages", subset=subset)
+            _write_labels(tmp / "labels", conversion.images)
+        image_urls = [source.url(f"zips/{split}.zip") for split in conversions]
+        manifest = _manifest(conversions, out_dir.resolve() / "JPEGImages", image_urls)
         text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
         (tmp / "manifest.json").write_text(text, encoding="utf-8")
     return out_dir
@@ -222,7 +230,7 @@ def _fetch_images(
         member_dir = source.cache / split
         missing = {f"{split}/{n}": member_dir / n for n in files if not (member_dir / n).exists()}
         if not missing or source.members(archive, missing):
-            image_dir.mkdir(parents=True)
+            image_dir.mkdir(parents=True, exist_ok=True)
             for name in files:
                 shutil.copyfile(member_dir / name, image_dir / name)
             return
@@ -364,7 +372,7 @@ def _convert_box(ann: dict[str, Any], image: CocoImage, conv: CocoConversion, wh
 
 def _extract_images(archive: Path, split: str, files: Iterable[str], image_dir: Path) -> None:
     """Copy only the wanted images out of the (possibly 19 GB) zip."""
-    image_dir.mkdir(parents=True)
+    image_dir.mkdir(parents=True, exist_ok=True)
     try:
         with zipfile.ZipFile(archive) as zf:
             for name in files:
@@ -380,16 +388,19 @@ def _extract_images(archive: Path, split: str, files: Iterable[str], image_dir: 
 
 
 def _write_labels(label_dir: Path, images: list[CocoImage]) -> None:
-    label_dir.mkdir(parents=True)
+    label_dir.mkdir(parents=True, exist_ok=True)
     for image in images:
         # An empty file is YOLO's "no objects here", which differs from "not labelled".
         text = "".join(line + "\n" for line in image.labels)
         (label_dir / f"{PurePosixPath(image.file).stem}.txt").write_text(text, encoding="utf-8")
 
 
-def _manifest(conv: CocoConversion, split: str, image_dir: Path, source: str) -> dict[str, Any]:
+def _manifest(
+    conversions: dict[str, CocoConversion], image_dir: Path, image_urls: list[str]
+) -> dict[str, Any]:
+    """One manifest for the fetched splits; with one split exactly what it always was."""
     return {
-        "dataset": f"coco-{split}",
+        "dataset": "coco-" + "+".join(conversions),
         "class_names": list(COCO_CLASSES),
         "image_dir": str(image_dir),
         "label_dir": "labels",
@@ -404,10 +415,15 @@ def _manifest(conv: CocoConversion, split: str, image_dir: Path, source: str) ->
                 }
                 for image in conv.images
             ]
+            for split, conv in conversions.items()
         },
-        "counts": {split: {"images": len(conv.images), "boxes": conv.boxes_per_class}},
-        "dropped_boxes": conv.dropped,
-        "crowd_boxes_skipped": conv.crowd_skipped,
-        "clipped_boxes": conv.clipped,
-        "source": source,
+        "counts": {
+            split: {"images": len(conv.images), "boxes": conv.boxes_per_class}
+            for split, conv in conversions.items()
+        },
+        "dropped_boxes": [box for conv in conversions.values() for box in conv.dropped],
+        "crowd_boxes_skipped": sum(conv.crowd_skipped for conv in conversions.values()),
+        "clipped_boxes": sum(conv.clipped for conv in conversions.values()),
+        # The image archive (one split) or archives (several) the images came out of.
+        "source": image_urls[0] if len(image_urls) == 1 else image_urls,
     }

@@ -71,7 +71,7 @@ def prepare_voc_dataset(dataset: Mapping[str, Any], out_dir: Path, *, seed: int 
 
         fetch_coco(
             out_dir,
-            split=dataset["eval_split"],
+            splits=coco_splits(dataset),
             max_images=dataset.get("max_images"),
             cache_dir=out_dir.parent / "download",
         )
@@ -80,6 +80,19 @@ def prepare_voc_dataset(dataset: Mapping[str, Any], out_dir: Path, *, seed: int 
 
         import_voc_directory(Path(source), out_dir)
     log.info("dataset %s from %s ready at %s", dataset["name"], source, out_dir)
+
+
+def coco_splits(dataset: Mapping[str, Any]) -> list[str]:
+    """The COCO splits a study trains and evaluates on (train2017, val2017), refused in one line
+    when a split key names another."""
+    from detbench.data.coco import SPLITS
+
+    for key in ("train_split", "eval_split"):
+        if dataset[key] not in SPLITS:
+            raise DetbenchError(
+                f"dataset.{key}: COCO's splits are {', '.join(SPLITS)}, got {dataset[key]!r}"
+            )
+    return list(dict.fromkeys([dataset["train_split"], dataset["eval_split"]]))
 
 
 def splits_to_convert(dataset: Mapping[str, Any], voc_dir: Path) -> list[str]:
