@@ -76,11 +76,14 @@ def copy_workflow(tree: Path, dest: Path) -> Path:
     return dest
 
 
-def bench_config(source: Path, epochs: list[int]) -> dict[str, Any]:
+def bench_config(source: Path, epochs: list[int], image_cache: str | None) -> dict[str, Any]:
+    dataset = {"name": "bccd", "source": str(source), "classes": ["RBC", "WBC", "Platelets"],
+               "train_split": "train", "eval_split": "test"}
+    if image_cache is not None:  # only for the trees that have the key (issue 17)
+        dataset["image_cache"] = image_cache
     return {
         "platform": PLATFORM,
-        "dataset": {"name": "bccd", "source": str(source), "classes": ["RBC", "WBC", "Platelets"],
-                    "train_split": "train", "eval_split": "test"},
+        "dataset": dataset,
         "models": {"yolov3-tiny": {"weights": "scratch"}},
         "batch_sizes": [8],
         "epochs": epochs,
@@ -143,6 +146,8 @@ def main() -> None:
     parser.add_argument("--before", type=Path, help="a checkout of detbench before the change")
     parser.add_argument("--epochs", type=int, nargs="+", default=[1, 5, 20])
     parser.add_argument("--repeats", type=int, default=1, help="alternating runs per cell")
+    parser.add_argument("--image-cache", choices=["memory", "disk"],
+                        help="dataset.image_cache of this checkout (default: the config's auto)")
     parser.add_argument("--output")
     args = parser.parse_args()
     source = bccd_directory()
@@ -153,9 +158,12 @@ def main() -> None:
     workdirs = {}
     for label, tree in trees.items():
         workdirs[label] = copy_workflow(tree, work / label)
-        config = bench_config(source, args.epochs)
+        config = bench_config(source, args.epochs, args.image_cache if label == "after" else None)
         (workdirs[label] / "bench.yaml").write_text(yaml.safe_dump(config))
         snakemake(workdirs[label], "results/datasets/bccd/yolo")  # not timed
+        if args.image_cache == "disk" and label == "after":  # the cache is built once, not timed
+            cache_dir = "results/datasets/bccd/image_cache"
+            snakemake(workdirs[label], f"{cache_dir}/train_416", f"{cache_dir}/test_416")
     rows, results = [], []
     for epochs in args.epochs:
         for repeat in range(args.repeats):
