@@ -180,9 +180,11 @@ def test_slurm_profile_plans_gpu_requests_and_train_wall_times(workdir: Path) ->
     # Snakemake's own lines show the one core of a dry run (cpus_per_task=1); detbench's list
     # shows what sbatch will get: the rules' threads.
     requests = output.split("detbench: Slurm jobs will ask sbatch for\n", 1)[1]
-    lines = dict(line.strip().split(": ", 1) for line in requests.splitlines()[:5])
+    lines = dict(line.strip().split(": ", 1) for line in requests.splitlines()[:6])
     assert {rule: line.split("  (")[0] for rule, line in lines.items()} == {
         "convert": "-p gpu --cpus-per-task=1 --mem 16000",
+        # In the study's plan only with dataset.image_cache disk; no GPU either way.
+        "image_cache": "-p gpu --cpus-per-task=1 --mem 16000",
         "train": "-p gpu --cpus-per-task=4 --mem 16000 --gpus=1",
         "profile": "-p gpu --cpus-per-task=4 --mem 16000 --gpus=1",
         "evaluate": "-p gpu --cpus-per-task=4 --mem 16000 --gpus=1",
