@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -30,6 +31,8 @@ from pathlib import Path
 
 import pytest
 from slurm_cluster import SlurmBusy, SlurmCluster, running_slurm, skip_reason
+
+from detbench.distributed import KILL_RANK_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -325,24 +328,34 @@ def test_a_job_that_can_never_start_is_reported_and_cancelled(
         time.sleep(0.5)
 
 
+def _run_two_ranks(
+    workdir: Path, cell: str, log: Path, env: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """`snakemake <cell>/metrics.json` through the Slurm profile with train.ranks: 2."""
+    ranks = workdir / "ranks.yaml"
+    ranks.write_text("train:\n  ranks: 2\n", encoding="utf-8")
+    command = [sys.executable, "-m", "snakemake", f"{cell}/metrics.json"]
+    command += ["--profile", str(REPO / "profiles" / "slurm")]
+    command += ["--profile", str(REPO / "tests" / "profiles" / "slurm-test")]
+    command += ["--configfile", str(REPO / "tests" / "configs" / "slurm.yaml"), str(ranks)]
+    with log.open("w") as out:
+        environment = {**os.environ, **(env or {})}
+        process = subprocess.Popen(
+            command, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, env=environment
+        )
+    return finish(process, log)
+
+
 def test_a_cell_on_two_ranks_runs_as_one_job_of_two_tasks(
     slurm: SlurmCluster, tmp_path: Path, workflow_copier: Callable[[Path], Path]
 ) -> None:
     """train.ranks: 2 through the profile: one Slurm job of 2 tasks and 2 GPUs for the cell,
     in which the train job starts its ranks with srun (one task each)."""
     workdir = workflow_copier(tmp_path / "workflow")
-    ranks = workdir / "ranks.yaml"
-    ranks.write_text("train:\n  ranks: 2\n", encoding="utf-8")
     cell = f"results/{PLATFORM}/yolov3-tiny/b4_e1"
     seen = {job["id"] for job in slurm.jobs()}
     log = tmp_path / "ranks.log"
-    command = [sys.executable, "-m", "snakemake", f"{cell}/metrics.json"]
-    command += ["--profile", str(REPO / "profiles" / "slurm")]
-    command += ["--profile", str(REPO / "tests" / "profiles" / "slurm-test")]
-    command += ["--configfile", str(REPO / "tests" / "configs" / "slurm.yaml"), str(ranks)]
-    with log.open("w") as out:
-        process = subprocess.Popen(command, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
-    returncode, _ = finish(process, log)
+    returncode, _ = _run_two_ranks(workdir, cell, log)
     assert returncode == 0, tail(log)
 
     cell_jobs = [job for job in slurm.jobs() if job["id"] not in seen and rules_of(job) == CELL_JOB]
@@ -356,4 +369,27 @@ def test_a_cell_on_two_ranks_runs_as_one_job_of_two_tasks(
     assert len({entry["pid"] for entry in record["ranks"]}) == 2
     train_log = (workdir / cell / "logs" / "train.log").read_text(encoding="utf-8")
     assert "starting 2 ranks: srun --overlap --ntasks=2" in train_log, train_log[-3000:]
+    assert (workdir / cell / "metrics.json").exists()
+
+
+def test_a_rank_killed_under_srun_fails_the_job_in_one_line_and_the_rerun_resumes(
+    slurm: SlurmCluster, tmp_path: Path, workflow_copier: Callable[[Path], Path]
+) -> None:
+    """Rank 1 of a 2-task cell dies (SIGKILL) after epoch 2: srun ends the step, the job fails
+    with one line naming the rank, and the same command again resumes from the checkpoint."""
+    workdir = workflow_copier(tmp_path / "workflow")
+    cell = f"results/{PLATFORM}/yolov3-tiny/b4_e20"
+    log = tmp_path / "killed.log"
+    returncode, _ = _run_two_ranks(workdir, cell, log, env={KILL_RANK_ENV: "1:2"})
+    assert returncode != 0, tail(log)
+    train_log = (workdir / cell / "logs" / "train.log").read_text(encoding="utf-8")
+    lines = [line for line in train_log.splitlines() if "training on 2 ranks (srun) failed" in line]
+    assert lines, train_log[-3000:]
+    assert "rank 1 " in lines[0] and "rerun to resume" in lines[0], lines
+    assert list((workdir / cell / "checkpoints").glob("epoch-00002.pt"))
+
+    returncode, _ = _run_two_ranks(workdir, cell, tmp_path / "rerun.log")
+    assert returncode == 0, tail(tmp_path / "rerun.log")
+    record = json.loads((workdir / cell / "run.json").read_text(encoding="utf-8"))
+    assert record["segments"] == 2 and record["world_size"] == 2
     assert (workdir / cell / "metrics.json").exists()
