@@ -9,7 +9,6 @@ mid-run.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -156,25 +155,18 @@ def _run_cell(
     ranks: int,
     *args: str,
     image_cache: str = "memory",
-    **env: str,
 ) -> Any:
     """`snakemake <cell>/metrics.json` on 2 cores (each of 2 ranks gets 1 torch thread)."""
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
-        return snakemake(
-            workdir,
-            f"{CELL}/metrics.json",
-            "--cores",
-            "2",
-            "--configfile",
-            tiny_config,
-            _ranks_config(workdir, ranks, image_cache),
-            *args,
-        )
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+    return snakemake(
+        workdir,
+        f"{CELL}/metrics.json",
+        "--cores",
+        "2",
+        "--configfile",
+        tiny_config,
+        _ranks_config(workdir, ranks, image_cache),
+        *args,
+    )
 
 
 def _read(workdir: Path, name: str) -> Any:
@@ -243,9 +235,14 @@ def test_two_ranks_train_the_cell_one_rank_trains(
 
 @pytest.mark.slow
 def test_a_killed_rank_fails_the_job_in_one_line_and_the_rerun_resumes(
-    snakemake: Callable[..., Any], workflow_copy: Path, tiny_config: Path
+    snakemake: Callable[..., Any],
+    workflow_copy: Path,
+    tiny_config: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    killed = _run_cell(snakemake, workflow_copy, tiny_config, 2, **{KILL_RANK_ENV: "1:2"})
+    with monkeypatch.context() as patch:
+        patch.setenv(KILL_RANK_ENV, "1:2")
+        killed = _run_cell(snakemake, workflow_copy, tiny_config, 2)
     assert killed.returncode != 0, killed.describe()
     lines = [line for line in killed.output.splitlines() if "training on 2 ranks failed" in line]
     assert lines, killed.describe()

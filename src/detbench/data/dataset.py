@@ -93,11 +93,11 @@ class DetectionDataset(Dataset[Sample]):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         others = rng.integers(0, len(self.records), size=3)
         chosen = [index, *others.tolist()]
-        chosen_images = [(self.images.image(i), self.records[i]) for i in chosen]
+        images, ratios = zip(*(self.images.image(i) for i in chosen), strict=True)
         return mosaic(
-            [image for (image, _), _ in chosen_images],
-            [record.boxes_xyxy() * ratio for (_, ratio), record in chosen_images],
-            [record.classes for _, record in chosen_images],
+            list(images),
+            [self.records[i].boxes_xyxy() * ratio for i, ratio in zip(chosen, ratios, strict=True)],
+            [self.records[i].classes for i in chosen],
             self.img_size,
             rng,
         )
