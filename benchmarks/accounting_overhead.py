@@ -33,13 +33,13 @@ sys.path.insert(0, str(REPO / "src"))
 import torch  # noqa: E402
 from common import description  # noqa: E402
 
-import detbench.train as train_module  # noqa: E402
-from detbench.config import TrainHyperparameters, TrainSettings  # noqa: E402
+import detbench.training.train as train_module  # noqa: E402
 from detbench.data.synthetic import generate_synthetic_voc  # noqa: E402
 from detbench.data.voc import convert_voc_to_yolo  # noqa: E402
-from detbench.profiling import monitor as monitor_module  # noqa: E402
-from detbench.profiling.resources import ResourceMeter  # noqa: E402
-from detbench.train import TrainOutputs, train  # noqa: E402
+from detbench.study.config import TrainHyperparameters, TrainSettings  # noqa: E402
+from detbench.telemetry import monitor as monitor_module  # noqa: E402
+from detbench.telemetry.resources import ResourceMeter  # noqa: E402
+from detbench.training.train import TrainOutputs, train  # noqa: E402
 
 
 class NullMonitor:

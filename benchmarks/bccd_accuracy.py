@@ -19,9 +19,9 @@ import time
 
 from common import description, environment, prepare_data, print_table, work_dir, write_json
 
-from detbench.config import EvalSettings, TrainHyperparameters, TrainSettings
-from detbench.evaluate import evaluate_cell
-from detbench.train import TrainOutputs, train
+from detbench.evaluation.evaluate import evaluate_cell
+from detbench.study.config import EvalSettings, TrainHyperparameters, TrainSettings
+from detbench.training.train import TrainOutputs, train
 
 
 def main() -> None:

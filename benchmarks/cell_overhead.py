@@ -36,12 +36,12 @@ t0 = time.perf_counter(); marks = {{}}
 sys.path.insert(0, {src!r})
 import torch
 marks["import torch"] = time.perf_counter()
-from detbench.train import train
-from detbench.config import TrainSettings
+from detbench.training.train import train
+from detbench.study.config import TrainSettings
 from detbench.data.dataset import DatasetManifest, DetectionDataset
 from detbench.data.loader import make_train_loader
-from detbench.device import select_precision
-from detbench.engine import TrainingState, build_training_model
+from detbench.training.device import select_precision
+from detbench.training.engine import TrainingState, build_training_model
 marks["import detbench (train, evaluate)"] = time.perf_counter()
 torch.set_num_threads(2)
 settings = TrainSettings("yolov3-tiny", 8, 1, img_size=416)

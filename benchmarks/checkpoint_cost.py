@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 from common import description, environment, print_table, write_json
 
-from detbench.checkpoint import save_checkpoint
-from detbench.config import TrainSettings
-from detbench.device import select_precision
-from detbench.engine import TrainingState
 from detbench.models import build_model
+from detbench.study.config import TrainSettings
+from detbench.training.checkpoint import save_checkpoint
+from detbench.training.device import select_precision
+from detbench.training.engine import TrainingState
 
 
 def training_state(model_name: str) -> TrainingState:

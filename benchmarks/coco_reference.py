@@ -2,7 +2,7 @@
 truth as a COCO instances file, and detections rounded as a COCO results file rounds them.
 
 Only the benchmarks and the tests need these (the evaluate job writes results JSON with
-detbench.metrics.to_coco_results); the tests import this module from benchmarks/.
+detbench.evaluation.metrics.to_coco_results); the tests import this module from benchmarks/.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from detbench.metrics import (
+from detbench.evaluation.metrics import (
     COCO_BOX_DECIMALS,
     COCO_SCORE_DECIMALS,
     ImageDetections,

@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO / "src"))
 import torch  # noqa: E402
 
 from detbench.data.prepare import convert_dataset, prepare_voc_dataset  # noqa: E402
-from detbench.device import Precision, synchronize  # noqa: E402
+from detbench.training.device import Precision, synchronize  # noqa: E402
 
 BCCD_DEFAULT = REPO.parent / "shared" / "data" / "bccd"
 # The synthetic stand-in for BCCD when it is absent: BCCD's split sizes and image size.

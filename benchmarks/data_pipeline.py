@@ -17,10 +17,10 @@ import cv2
 import torch
 from common import description, environment, prepare_manifest, print_table, work_dir, write_json
 
-from detbench.config import TrainHyperparameters, TrainSettings
 from detbench.data.dataset import DatasetManifest
 from detbench.data.loader import make_train_loader
-from detbench.kernel_profile import ENOUGH_EPOCHS
+from detbench.study.config import TrainHyperparameters, TrainSettings
+from detbench.telemetry.kernels import ENOUGH_EPOCHS
 
 
 def images_per_second(loader: torch.utils.data.DataLoader, batches: int) -> float:

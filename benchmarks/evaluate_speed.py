@@ -4,7 +4,7 @@ pycocotools' time on the same detections (issue 8; target: evaluation < 25% of a
 One epoch of yolov3-tiny (batch 8, 416 px) is trained first, in the same process, so both
 figures come from one run on one machine; the evaluation then predicts the val split with that
 model (NMS at confidence 0.001, as for the metrics) and computes the metrics twice: with
-detbench.metrics and with pycocotools' COCOeval.
+detbench.evaluation.metrics and with pycocotools' COCOeval.
 
     .venv/bin/python benchmarks/evaluate_speed.py
     .venv/bin/python benchmarks/evaluate_speed.py --model yolov3 --weights results/.../weights.pt
@@ -22,18 +22,18 @@ import torch
 from coco_reference import rounded_as_in_coco_results, to_coco_ground_truth
 from common import description, environment, prepare_data, print_table, work_dir, write_json
 
-from detbench.config import EvalSettings, TrainHyperparameters, TrainSettings
 from detbench.data.dataset import DatasetManifest, DetectionDataset
-from detbench.evaluate import predict_split
-from detbench.inference import load_trained_model
-from detbench.metrics import (
+from detbench.evaluation.evaluate import predict_split
+from detbench.evaluation.inference import load_trained_model
+from detbench.evaluation.metrics import (
     ImageDetections,
     ImageGroundTruth,
     coco_image_ids,
     evaluate_detections,
     to_coco_results,
 )
-from detbench.train import TrainOutputs, train
+from detbench.study.config import EvalSettings, TrainHyperparameters, TrainSettings
+from detbench.training.train import TrainOutputs, train
 
 
 def pycocotools_seconds(ground_truth, detections, class_names, sizes) -> tuple[float, float]:

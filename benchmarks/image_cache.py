@@ -39,10 +39,10 @@ CHILD = """
 import json, sys, time
 sys.path.insert(0, {src!r})
 import torch
-from detbench.config import TrainHyperparameters, TrainSettings
+from detbench.study.config import TrainHyperparameters, TrainSettings
 from detbench.data.dataset import DatasetManifest
 from detbench.data.loader import make_train_loader
-from detbench.profiling.resources import process_age_s
+from detbench.telemetry.resources import process_age_s
 torch.set_num_threads(1)
 imported = process_age_s()
 caches = {{"train": {cache!r}}} if {disk!r} else {{}}

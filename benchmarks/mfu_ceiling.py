@@ -38,10 +38,10 @@ from roofline import (
     training_kernels,
 )
 
-from detbench.device import select_device, select_precision
 from detbench.models import get_model_spec
 from detbench.models.darknet import LayerSpec
 from detbench.models.flops import forward_conv_flops
+from detbench.training.device import select_device, select_precision
 
 KINDS = ("conv", "batch norm", "activation", "data movement", "optimizer")
 

@@ -1,7 +1,7 @@
 """On the CPU, one cell on 2 ranks x 1 thread against 1 rank x 2 threads (issue 17).
 
 The same cell (yolov3-tiny, the same global batch, img size and epochs) trained twice through
-`detbench.launch.train_cell`, as the train rule does: once in the job's own process with 2
+`detbench.training.launch.train_cell`, as the train rule does: once in the job's own process with 2
 torch threads, once as 2 gloo ranks of 1 thread each (each rank half of every batch). Prints
 images/s of each (all epochs, from run.json; and the last epoch's, from history.csv), the
 wall time of the whole call (the ranks' start included), the final training loss, and the
@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from common import description, environment, prepare_manifest, print_table, work_dir, write_json
 
-from detbench.config import TrainHyperparameters, TrainSettings
-from detbench.launch import train_cell
-from detbench.train import TrainOutputs
+from detbench.study.config import TrainHyperparameters, TrainSettings
+from detbench.training.launch import train_cell
+from detbench.training.train import TrainOutputs
 
 
 def run(manifest: Path, folder: Path, settings: TrainSettings, ranks: int) -> dict[str, Any]:

@@ -20,13 +20,18 @@ from collections.abc import Callable
 import torch
 from common import description, environment, prepare_manifest, print_table, work_dir, write_json
 
-from detbench.config import TrainHyperparameters, TrainSettings
 from detbench.data.dataset import DatasetManifest
 from detbench.data.loader import make_train_loader
-from detbench.device import select_device, select_precision, synchronize
-from detbench.engine import TrainingState, build_training_model, seed_everything, train_step
-from detbench.kernel_profile import CPU_ACTIVITY, CUDA_ACTIVITY, activity_table
-from detbench.loss import YoloLoss
+from detbench.study.config import TrainHyperparameters, TrainSettings
+from detbench.telemetry.kernels import CPU_ACTIVITY, CUDA_ACTIVITY, activity_table
+from detbench.training.device import select_device, select_precision, synchronize
+from detbench.training.engine import (
+    TrainingState,
+    build_training_model,
+    seed_everything,
+    train_step,
+)
+from detbench.training.loss import YoloLoss
 
 
 def median_ms(run: Callable[[], object], repeats: int, device: torch.device) -> float:

@@ -1,7 +1,8 @@
 """Projected wall time of one platform's whole sweep, from short real jobs (issue 8).
 
 For each model x batch it runs what the workflow runs for a cell, in this process, on the
-current device: `detbench.train.train` for a few epochs, `evaluate_cell` on the eval split and
+current device: `detbench.training.train.train` for a few epochs, `evaluate_cell` on the eval split
+and
 `profile_cell` (the profile stage's job). From those it takes
 
 * **job overhead**: train job seconds minus its epochs (loader, model build, weights, record,
@@ -41,17 +42,17 @@ from common import (
     write_json,
 )
 
-from detbench.config import EvalSettings, ProfileSettings, TrainHyperparameters, TrainSettings
-from detbench.evaluate import evaluate_cell
-from detbench.kernel_profile import ProfileOutputs, profile_cell
-from detbench.train import TrainOutputs, train
+from detbench.evaluation.evaluate import evaluate_cell
+from detbench.study.config import EvalSettings, ProfileSettings, TrainHyperparameters, TrainSettings
+from detbench.telemetry.kernels import ProfileOutputs, profile_cell
+from detbench.training.train import TrainOutputs, train
 
 STUDY_BATCHES = (4, 8, 16, 32)
 STUDY_EPOCHS = (1, 5, 10, 20)
 
 IMPORTS = (
-    "import sys; sys.path.insert(0, {src!r}); import torch; import detbench.train; "
-    "import detbench.evaluate; torch.cuda.is_available() and torch.cuda.init()"
+    "import sys; sys.path.insert(0, {src!r}); import torch; import detbench.training.train; "
+    "import detbench.evaluation.evaluate; torch.cuda.is_available() and torch.cuda.init()"
 )
 
 

@@ -2,14 +2,15 @@
 
 Each variant runs in a fresh process (glibc reads its allocator settings at start-up, and a
 peak can only be measured once): imports, the real training loader on the cached images, the
-model with its optimizer and EMA, as `detbench.train.train` builds them, then `--warmup` +
+model with its optimizer and EMA, as `detbench.training.train.train` builds them, then `--warmup` +
 `--steps` training steps. Peak = the process's VmHWM (high-water mark of its resident set);
 the job has no DataLoader workers on the CPU, so the process is the whole tree.
 
 Variants:
 
 * `lean-allocator`: as a train job runs on the CPU now: restarted with
-  `detbench.allocator.LEAN_ALLOCATOR_ENV` (large blocks mmap'd on transparent huge pages and
+  `detbench.training.allocator.LEAN_ALLOCATOR_ENV` (large blocks mmap'd on transparent huge pages
+  and
   returned on free, so freed activations do not pile up in the heap);
 * `glibc-defaults`: the same job with glibc's defaults (`DETBENCH_LEAN_ALLOCATOR=0`, or a
   machine without transparent huge pages or glibc >= 2.35);
@@ -45,7 +46,7 @@ from common import (
     write_json,
 )
 
-from detbench.allocator import (
+from detbench.training.allocator import (
     LEAN_ALLOCATOR_ENV,
     OPT_OUT,
     glibc_version,
@@ -59,14 +60,14 @@ CHILD = """
 import json, sys, time
 sys.path.insert(0, {src!r})
 import torch
-import detbench.engine as engine
-import detbench.optim as optim
-from detbench.config import TrainHyperparameters, TrainSettings
+import detbench.training.engine as engine
+import detbench.training.optim as optim
+from detbench.study.config import TrainHyperparameters, TrainSettings
 from detbench.data.loader import make_train_loader
 from detbench.data.dataset import DatasetManifest
-from detbench.device import select_precision
-from detbench.loss import YoloLoss
-from detbench.kernel_profile import ENOUGH_EPOCHS, endless_batches
+from detbench.training.device import select_precision
+from detbench.training.loss import YoloLoss
+from detbench.telemetry.kernels import ENOUGH_EPOCHS, endless_batches
 
 if {torch_sgd!r}:
     optim.EagerSGD = torch.optim.SGD

@@ -2,7 +2,8 @@
 
 For each model and batch size, on the current device (CUDA when present, else the CPU):
 
-* **bare step**: `detbench.train.train_step` (forward, loss, backward, optimizer, EMA) on one
+* **bare step**: `detbench.training.train.train_step` (forward, loss, backward, optimizer, EMA) on
+one
   batch already resident on the device, repeated: what the model alone costs;
 * **real loop**: the same `train_step` fed by the real DataLoader (cached images, augmentation,
   collation, pinned memory and workers as training sets them up): what a training epoch costs.
@@ -40,16 +41,21 @@ from common import (
 )
 from roofline import Hardware, step_ceiling
 
-from detbench.config import TrainHyperparameters, TrainSettings
 from detbench.data.dataset import Batch, DatasetManifest
 from detbench.data.loader import make_train_loader, steps_per_epoch
-from detbench.device import Precision, select_device, select_precision, synchronize
-from detbench.engine import TrainingState, build_training_model, seed_everything, train_step
-from detbench.kernel_profile import ENOUGH_EPOCHS, endless_batches
-from detbench.loss import YoloLoss
 from detbench.models import get_model_spec
 from detbench.models.flops import forward_conv_flops
-from detbench.profiling.resources import shutdown_loader_workers
+from detbench.study.config import TrainHyperparameters, TrainSettings
+from detbench.telemetry.kernels import ENOUGH_EPOCHS, endless_batches
+from detbench.telemetry.resources import shutdown_loader_workers
+from detbench.training.device import Precision, select_device, select_precision, synchronize
+from detbench.training.engine import (
+    TrainingState,
+    build_training_model,
+    seed_everything,
+    train_step,
+)
+from detbench.training.loss import YoloLoss
 
 COMPILE_MODES = ["default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"]
 

@@ -31,10 +31,10 @@ import sys, time
 sys.path.insert(0, {src!r})
 import torch
 from detbench.data.dataset import DatasetManifest
-from detbench.device import select_precision
-from detbench.config import TrainSettings
+from detbench.training.device import select_precision
+from detbench.study.config import TrainSettings
 from detbench.data.loader import make_train_loader
-from detbench.engine import TrainingState, build_training_model
+from detbench.training.engine import TrainingState, build_training_model
 settings = TrainSettings({model!r}, 8, 1, img_size=416)
 manifest = DatasetManifest.load({manifest!r})
 device = torch.device("cpu")

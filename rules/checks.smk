@@ -1,21 +1,21 @@
 # Checks in the Snakemake process the user started, before any job runs (never in the jobs):
 #   - a profile's platform label dropped by --config on the command line (invocation.py),
 #   - each rule's Slurm request against the partition's nodes; jobs that can never start are
-#     reported and cancelled during the run (slurm_check.py),
-#   - cells that kept their metrics but lost other files are rebuilt (completeness.py).
+#     reported and cancelled during the run (detbench.cluster.stuck_jobs),
+#   - cells that kept their metrics but lost other files are rebuilt (detbench.workflow.completeness).
 
 from snakemake.logging import logger
 from snakemake_interface_executor_plugins.settings import ExecMode
 
-from detbench.completeness import incomplete_cells, partial_cells
-from detbench.invocation import check_profile_config_kept, current_invocation
-from detbench.slurm_check import (
+from detbench.cluster.preflight import (
     check_requests,
     describe_requests,
     read_nodes,
     rule_requests,
-    watch_stuck_jobs,
 )
+from detbench.cluster.stuck_jobs import watch_stuck_jobs
+from detbench.workflow.completeness import incomplete_cells, partial_cells
+from detbench.workflow.invocation import check_profile_config_kept, current_invocation
 
 
 def check_slurm_requests(invocation):
@@ -52,7 +52,7 @@ def remove_stale_evaluations(invocation):
     metrics. Their evaluation goes, and with it the summary, so this run rebuilds them.
     """
     evaluation = Path(rules.evaluate.output.metrics).name
-    folders = [cell.folder() for cell in planning.study_cells(config)]
+    folders = [cell.folder() for cell in grid.study_cells(config)]
     remove_stale_summary(invocation, folders)  # first: it sees the cells as they were
     for cell in incomplete_cells(folders, cell_file_names(), evaluation):
         logger.warning(f"detbench: {cell.describe(rebuilt=invocation.runs_jobs)}")

@@ -1,6 +1,7 @@
 # Shared helpers of the workflow: the validated config, path patterns, input functions. What
-# the workflow decides (which jobs a config change reruns, wall time, the cell grid) lives in
-# detbench.planning; cell folders and file names in detbench.cells.
+# the workflow decides lives in detbench.workflow.rule_params (which jobs a config change reruns),
+# detbench.cluster (Slurm requests, wall time), detbench.data.cache_plan (image caches) and
+# detbench.study.grid (the cells); cell folders and file names in detbench.study.cells.
 
 import sys
 from functools import cache, partial
@@ -10,9 +11,12 @@ from pathlib import Path
 # environment of its own, say); the scripts in workflow/scripts do the same.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from detbench import cells, planning
-from detbench.config import validate_config
+from detbench.cluster import ranks, walltime
+from detbench.data import cache_plan
 from detbench.data.prepare import check_source, local_source_files
+from detbench.study import cells, grid
+from detbench.study.config import validate_config
+from detbench.workflow import rule_params
 from detbench.errors import DetbenchError
 
 
@@ -56,7 +60,7 @@ def summary_cells():
     """Cell folders of the summary: the configured grid on the active platform, then the
     finished cells of other platforms already under results/ (copied in, for instance).
     """
-    own = [str(cell.folder()) for cell in planning.study_cells(config)]
+    own = [str(cell.folder()) for cell in grid.study_cells(config)]
     return own + other_platform_cells()
 
 
@@ -77,7 +81,7 @@ def summary_files(name):
 def summary_profiles(wildcards):
     """Profile summaries joined into the summary rows: this platform's grid (built here) and
     those of other platforms already under results/ (read as they are)."""
-    own = [f"{folder}/summary.json" for folder in planning.study_profiles(config)]
+    own = [f"{folder}/summary.json" for folder in grid.study_profiles(config)]
     others = cells.find_profile_files(
         "results", "summary.json", except_platform=PLATFORM
     )
@@ -97,10 +101,10 @@ def dataset_source_files(wildcards):
 
 def train_inputs(wildcards):
     """The converted dataset and, when the model starts from Darknet's weights, that file."""
-    from detbench.darknet_files import starting_weights
+    from detbench.models.darknet_files import starting_weights
 
     inputs = {"dataset": f"{DATASET_DIR}/yolo"}
-    weights = planning.model_weights(config, wildcards.model)
+    weights = grid.model_weights(config, wildcards.model)
     file = starting_weights(wildcards.model, weights)
     if file is not None:
         inputs["weights"] = f"results/weights/{file.name}"
@@ -108,25 +112,25 @@ def train_inputs(wildcards):
 
 
 def image_caches(rule):
-    """Input function: the disk image caches `rule`'s jobs read (detbench.planning)."""
-    inputs = planning.image_cache_inputs
+    """Input function: the disk image caches `rule`'s jobs read (detbench.data.cache_plan)."""
+    inputs = cache_plan.image_cache_inputs
     return lambda wildcards: inputs(config, DATASET_DIR, rule, ancient)
 
 
 def train_config(wildcards):
-    """What a cell's training depends on (detbench.planning): a change retrains it."""
+    """What a cell's training depends on (detbench.workflow.rule_params): a change retrains it."""
     repeat = cells.repeat_from_suffix(wildcards.repeat_suffix)
-    return planning.train_params(config, wildcards.model, repeat)
+    return rule_params.train_params(config, wildcards.model, repeat)
 
 
 def evaluate_config(wildcards):
     """What a cell's evaluation depends on: changing only this re-evaluates, never retrains."""
-    return planning.evaluate_params(config)
+    return rule_params.evaluate_params(config)
 
 
 def profile_config(wildcards):
     """What a profile job depends on (a change reruns it)."""
-    return planning.profile_params(config)
+    return rule_params.profile_params(config)
 
 
 def resume_dir(wildcards):
@@ -136,9 +140,9 @@ def resume_dir(wildcards):
 
 
 def train_runtime(wildcards, attempt):
-    """Minutes of wall time a scheduler is asked for per train job (detbench.planning); a
+    """Minutes of wall time a scheduler is asked for per train job (detbench.cluster.walltime); a
     retried job (--retries) asks for `attempt` times as much."""
-    return planning.train_minutes(config, DATASET_DIR, wildcards, attempt)
+    return walltime.train_minutes(config, DATASET_DIR, wildcards, attempt)
 
 
 def report_reference():
@@ -174,6 +178,6 @@ def report_targets():
 def report_histories(wildcards):
     """history.csv of every cell in the summary, for the loss curves (a copied-in cell
     without one gets an empty panel rather than stopping the report)."""
-    own = [f"{cell.folder()}/{cells.HISTORY}" for cell in planning.study_cells(config)]
+    own = [f"{cell.folder()}/{cells.HISTORY}" for cell in grid.study_cells(config)]
     copied = [f"{cell}/{cells.HISTORY}" for cell in other_platform_cells()]
     return own + [path for path in copied if Path(path).exists()]

@@ -22,7 +22,7 @@ rule evaluate:
     resources:
         # Its cell's Slurm job holds one task per rank (rules/train.smk); the group asks for
         # the larger of each resource over its jobs, so the CPUs per task are the train job's.
-        cpus_per_task=partial(planning.rank_cpus_per_task, config),
+        cpus_per_task=partial(ranks.rank_cpus_per_task, config),
     params:
         config=evaluate_config,
     script:

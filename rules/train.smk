@@ -51,13 +51,13 @@ rule train:
     threads: 4
     resources:
         # Minutes of wall time for a scheduler; one Slurm task and one GPU per rank of the cell
-        # (train.ranks over train.nodes), the threads split over the tasks (detbench.planning).
+        # (train.ranks over train.nodes), the threads split over the tasks (detbench.cluster.ranks).
         runtime=train_runtime,
-        tasks=partial(planning.rank_tasks, config),
+        tasks=partial(ranks.rank_tasks, config),
         tasks_per_gpu=1,
-        gpu=partial(planning.rank_gpus, config),
-        nodes=partial(planning.rank_nodes, config),
-        cpus_per_task=partial(planning.rank_cpus_per_task, config),
+        gpu=partial(ranks.rank_gpus, config),
+        nodes=partial(ranks.rank_nodes, config),
+        cpus_per_task=partial(ranks.rank_cpus_per_task, config),
     params:
         config=train_config,
         resume_dir=resume_dir,

@@ -93,8 +93,8 @@ def tiny_trained_cell(synthetic_manifest: Path, tmp_path_factory: pytest.TempPat
     """A yolov3-tiny cell trained for 2 epochs at 64 px: (TrainOutputs, run record)."""
     import torch
 
-    from detbench.config import TrainHyperparameters, TrainSettings
-    from detbench.train import TrainOutputs, train
+    from detbench.study.config import TrainHyperparameters, TrainSettings
+    from detbench.training.train import TrainOutputs, train
 
     out = tmp_path_factory.mktemp("tiny_cell")
     outputs = TrainOutputs.in_folder(out)

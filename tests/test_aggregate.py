@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from detbench.aggregate import COLUMNS, find_cells, write_summary
 from detbench.errors import DetbenchError
+from detbench.summary.aggregate import COLUMNS, find_cells, write_summary
 
 CLASSES = ("RBC", "WBC", "Platelets")
 

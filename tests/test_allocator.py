@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from detbench import allocator
-from detbench.allocator import LEAN_ALLOCATOR_ENV, OPT_OUT, lean_allocator_env, runs_on_cpu
+from detbench.training import allocator
+from detbench.training.allocator import LEAN_ALLOCATOR_ENV, OPT_OUT, lean_allocator_env, runs_on_cpu
 
-SRC = str(Path(allocator.__file__).parents[1])
+SRC = str(Path(allocator.__file__).parents[2])
 
 
 def test_settings_apply_only_where_they_pay() -> None:
@@ -40,7 +40,7 @@ import os, sys
 sys.path.insert(0, sys.argv[1])
 print("started", os.environ.get("MALLOC_MMAP_THRESHOLD_"), os.environ.get("GLIBC_TUNABLES"),
       sys.argv[2:], flush=True)
-from detbench.allocator import restart_with_lean_allocator
+from detbench.training.allocator import restart_with_lean_allocator
 restart_with_lean_allocator("cpu")
 print("training", flush=True)
 """

@@ -1,4 +1,5 @@
-"""detbench.cells: one cell's folder, its files and parsing them back; the workflow's patterns."""
+"""detbench.study.cells: one cell's folder, its files and parsing them back; the workflow's
+patterns."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from detbench import cells
-from detbench.cells import Cell
+from detbench.study import cells
+from detbench.study.cells import Cell
 
 
 def test_repeat_zero_is_the_folder_a_study_without_repeats_has() -> None:

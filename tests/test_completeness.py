@@ -1,10 +1,10 @@
-"""src/detbench/completeness.py: cells with an evaluation but not all of their files."""
+"""src/detbench/workflow/completeness.py: cells with an evaluation but not all of their files."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from detbench.completeness import incomplete_cells
+from detbench.workflow.completeness import incomplete_cells
 
 FILES = ("weights.pt", "history.csv", "run.json", "metrics.json", "detections.json")
 
@@ -44,7 +44,7 @@ def test_a_missing_evaluate_output_beside_the_metrics_counts_too(tmp_path: Path)
 
 
 def test_partial_cells_lack_some_files_or_ran_and_lost_all(tmp_path: Path) -> None:
-    from detbench.completeness import partial_cells
+    from detbench.workflow.completeness import partial_cells
 
     names = ("weights.pt", "run.json", "metrics.json")
     untouched, ran, half = tmp_path / "a", tmp_path / "b", tmp_path / "c"

@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 import yaml
 
-from detbench.config import (
+from detbench.errors import DetbenchError
+from detbench.study.config import (
     EvalSettings,
     TrainHyperparameters,
     load_config_file,
     load_schema,
     validate_config,
 )
-from detbench.errors import DetbenchError
 
 SHIPPED_CONFIGS = ("config/config.yaml", "config/demo.yaml", "tests/configs/tiny.yaml")
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from detbench.config import TrainHyperparameters, TrainSettings
 from detbench.data.augment import (
     PAD_VALUE,
     AugmentSettings,
@@ -24,6 +23,7 @@ from detbench.data.augment import (
 from detbench.data.dataset import DatasetManifest, DetectionDataset
 from detbench.data.loader import make_train_loader, steps_per_epoch
 from detbench.errors import DetbenchError
+from detbench.study.config import TrainHyperparameters, TrainSettings
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from detbench.config import EvalSettings, TrainHyperparameters
 from detbench.data.dataset import DatasetManifest, DetectionDataset
 from detbench.errors import DetbenchError
-from detbench.evaluate import evaluate_cell, predict_split
-from detbench.inference import load_trained_model
-from detbench.train import TrainOutputs
+from detbench.evaluation.evaluate import evaluate_cell, predict_split
+from detbench.evaluation.inference import load_trained_model
+from detbench.study.config import EvalSettings, TrainHyperparameters
+from detbench.training.train import TrainOutputs
 
 SETTINGS = EvalSettings(max_detections=20, batch_size=3)
 HYP = TrainHyperparameters(workers=0)
@@ -131,7 +131,7 @@ def test_detections_load_into_pycocotools(
     coco_module = pytest.importorskip("pycocotools.coco")
     from coco_reference import to_coco_ground_truth
 
-    from detbench.metrics import ImageGroundTruth
+    from detbench.evaluation.metrics import ImageGroundTruth
 
     records = DatasetManifest.load(synthetic_manifest).records("test")
     gt = to_coco_ground_truth(

@@ -1,4 +1,4 @@
-"""The train job's final evaluation (detbench.final_evaluation): what it saves is what a
+"""The train job's final evaluation (detbench.evaluation.final_evaluation): what it saves is what a
 standalone evaluation of the weights writes, the evaluate job copies it only under the settings
 it was made with, and copying needs no torch. End to end: the evaluate rule reuses it for
 `snakemake <cell>/metrics.json` and evaluates the weights itself under other settings.
@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import yaml
 
-from detbench import final_evaluation
-from detbench.config import EvalSettings, TrainHyperparameters, TrainSettings
-from detbench.evaluate import evaluate_cell
-from detbench.train import InterimEvaluation, TrainOutputs, train
+from detbench.evaluation import final_evaluation
+from detbench.evaluation.evaluate import evaluate_cell
+from detbench.study.config import EvalSettings, TrainHyperparameters, TrainSettings
+from detbench.training.train import InterimEvaluation, TrainOutputs, train
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = EvalSettings(conf_threshold=0.001, max_detections=20, batch_size=4)
@@ -128,7 +128,7 @@ def test_reusing_imports_no_torch(tmp_path: Path) -> None:
     key = {"split": "test"}
     final_evaluation.save(tmp_path / "saved.json", key, {"cell": {}, "metrics": {}}, [])
     script = (
-        "import sys; from detbench import final_evaluation as f; "
+        "import sys; from detbench.evaluation import final_evaluation as f; "
         f"ok = f.reuse({str(tmp_path / 'saved.json')!r}, {key!r}, {str(tmp_path / 'm.json')!r},"
         f" {str(tmp_path / 'd.json')!r}, {{}}); "
         "heavy = [m for m in ('torch', 'numpy', 'cv2') if m in sys.modules]; "

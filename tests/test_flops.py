@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from detbench.device import datasheet_peak_flops
 from detbench.models import MODEL_NAMES, build_model, get_model_spec
 from detbench.models.darknet import Conv, MaxPool
 from detbench.models.flops import ModelFlops, forward_conv_flops, training_flops_per_image
+from detbench.training.device import datasheet_peak_flops
 
 
 def hooked_forward_flops(model: nn.Module, img_size: int) -> float:

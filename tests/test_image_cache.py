@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 
-from detbench.config import TrainHyperparameters, TrainSettings
 from detbench.data.augment import AugmentSettings
 from detbench.data.dataset import DatasetManifest, DetectionDataset
 from detbench.data.image_cache import (
@@ -32,7 +31,8 @@ from detbench.data.image_cache import (
 from detbench.data.loader import make_train_loader
 from detbench.data.synthetic import generate_synthetic_voc
 from detbench.data.voc import convert_voc_to_yolo
-from detbench.train import TrainOutputs, train
+from detbench.study.config import TrainHyperparameters, TrainSettings
+from detbench.training.train import TrainOutputs, train
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 CLASSES = ["RBC", "WBC", "Platelets"]
@@ -116,8 +116,8 @@ def test_a_few_training_steps_give_the_same_losses_and_weights(
     synthetic_manifest: Path, tmp_path: Path
 ) -> None:
     """Two epochs of 2 steps each (with its interim evaluation on the test split's cache)."""
-    from detbench.config import EvalSettings
-    from detbench.train import InterimEvaluation
+    from detbench.study.config import EvalSettings
+    from detbench.training.train import InterimEvaluation
 
     hyp = TrainHyperparameters(workers=0, mosaic=0.5, eval_interval_epochs=1)
     settings = TrainSettings("yolov3-tiny", batch=4, epochs=2, img_size=SIZE, seed=0, hyp=hyp)
@@ -322,8 +322,8 @@ def test_open_reads_no_whole_file(own_manifest: Path, tmp_path: Path) -> None:
 def test_evaluating_from_the_cache_gives_the_same_metrics(
     tiny_trained_cell: tuple[TrainOutputs, dict], synthetic_manifest: Path, tmp_path: Path
 ) -> None:
-    from detbench.config import EvalSettings
-    from detbench.evaluate import evaluate_cell
+    from detbench.evaluation.evaluate import evaluate_cell
+    from detbench.study.config import EvalSettings
 
     outputs, _ = tiny_trained_cell
     caches = {"test": build_from_manifest(synthetic_manifest, "test", SIZE, tmp_path / "c")}

@@ -1,4 +1,5 @@
-"""src/detbench/invocation.py: the command line with its profiles, and the platform label."""
+"""src/detbench/workflow/invocation.py: the command line with its profiles, and the platform
+label."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from detbench.errors import DetbenchError
-from detbench.invocation import (
+from detbench.workflow.invocation import (
     check_profile_config_kept,
     current_invocation,
     parse_invocation,

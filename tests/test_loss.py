@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from detbench.config import TrainHyperparameters
-from detbench.loss import Assignment, YoloLoss, bbox_ciou
 from detbench.models import build_model
+from detbench.study.config import TrainHyperparameters
+from detbench.training.loss import Assignment, YoloLoss, bbox_ciou
 
 
 @pytest.fixture(scope="module")

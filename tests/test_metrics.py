@@ -1,4 +1,5 @@
-"""Tests for detbench.metrics: hand-computed cases and agreement with pycocotools' COCOeval."""
+"""Tests for detbench.evaluation.metrics: hand-computed cases and agreement with pycocotools'
+COCOeval."""
 
 from __future__ import annotations
 
@@ -12,12 +13,11 @@ import pytest
 import torch
 from coco_reference import rounded_as_in_coco_results, to_coco_ground_truth
 
-from detbench.config import EvalSettings, TrainHyperparameters, TrainSettings
 from detbench.data.dataset import DatasetManifest, DetectionDataset
 from detbench.data.prepare import convert_dataset, prepare_voc_dataset
-from detbench.evaluate import predict_split
-from detbench.inference import load_trained_model
-from detbench.metrics import (
+from detbench.evaluation.evaluate import predict_split
+from detbench.evaluation.inference import load_trained_model
+from detbench.evaluation.metrics import (
     IOU_THRESHOLDS,
     RECALL_THRESHOLDS,
     DetectionMetrics,
@@ -27,7 +27,8 @@ from detbench.metrics import (
     evaluate_detections,
     to_coco_results,
 )
-from detbench.train import TrainOutputs, train
+from detbench.study.config import EvalSettings, TrainHyperparameters, TrainSettings
+from detbench.training.train import TrainOutputs, train
 
 pycocotools_coco = pytest.importorskip("pycocotools.coco")
 pycocotools_cocoeval = pytest.importorskip("pycocotools.cocoeval")

@@ -15,7 +15,10 @@ import pytest
 import torch
 from http_server import LocalHTTPServer, http_server_fixture  # noqa: F401 (fixture)
 
-from detbench.darknet_files import (
+from detbench.errors import DetbenchError
+from detbench.models import YOLO, build_model, expected_weights_bytes, save_darknet_weights
+from detbench.models.darknet import ConvBlock
+from detbench.models.darknet_files import (
     DARKNET53_BACKBONE,
     STARTING_WEIGHTS,
     YOLOV3_COCO,
@@ -23,9 +26,6 @@ from detbench.darknet_files import (
     WeightsFile,
     starting_weights,
 )
-from detbench.errors import DetbenchError
-from detbench.models import YOLO, build_model, expected_weights_bytes, save_darknet_weights
-from detbench.models.darknet import ConvBlock
 from detbench.models.pretrained import (
     darknet_letterbox,
     darknet_resize,

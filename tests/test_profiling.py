@@ -22,17 +22,19 @@ import torch
 import yaml
 from torch.autograd import DeviceType
 
-import detbench.train as train_module
-from detbench.aggregate import COLUMNS, find_cells, write_summary
-from detbench.config import (
+import detbench.training.train as train_module
+from detbench.errors import DetbenchError
+from detbench.models import build_model
+from detbench.study.config import (
     ProfileSettings,
     TrainHyperparameters,
     TrainSettings,
     load_config_file,
     validate_config,
 )
-from detbench.errors import DetbenchError
-from detbench.kernel_profile import (
+from detbench.summary.aggregate import COLUMNS, find_cells, write_summary
+from detbench.telemetry import TrainMonitor, nvml, provenance
+from detbench.telemetry.kernels import (
     CPU_ACTIVITY,
     CUDA_ACTIVITY,
     KERNEL_COLUMNS,
@@ -41,10 +43,8 @@ from detbench.kernel_profile import (
     biggest_activity,
     profile_cell,
 )
-from detbench.models import build_model
-from detbench.profiling import TrainMonitor, nvml, provenance
-from detbench.profiling.resources import ResourceMeter, ResourceTotals, rss_kb
-from detbench.train import TrainOutputs, train
+from detbench.telemetry.resources import ResourceMeter, ResourceTotals, rss_kb
+from detbench.training.train import TrainOutputs, train
 
 GPU_SAMPLE_COLUMNS = [
     "time_s",

@@ -1,4 +1,5 @@
-"""One cell on several ranks (train.ranks, detbench.distributed and detbench.launch).
+"""One cell on several ranks (train.ranks, detbench.training.distributed and
+detbench.training.launch).
 
 Unit tests: the batch must divide over the ranks, the sampler's shares of an epoch, the loss
 over ranks, the rank read from torchrun's and Slurm's variables, the one-line failure. Through
@@ -19,11 +20,11 @@ import pytest
 import torch
 import yaml
 
-from detbench.config import load_config_file, validate_config
 from detbench.data.loader import EpochBatchSampler
-from detbench.distributed import KILL_RANK_ENV, RankEnv
 from detbench.errors import DetbenchError
-from detbench.launch import describe_failures
+from detbench.study.config import load_config_file, validate_config
+from detbench.training.distributed import KILL_RANK_ENV, RankEnv
+from detbench.training.launch import describe_failures
 
 # --------------------------------------------------------------------------- config
 
@@ -42,7 +43,7 @@ def test_a_batch_the_ranks_do_not_divide_is_rejected_in_one_line(tiny_config: Pa
 def test_default_ranks_leave_what_a_cell_depends_on_unchanged(tiny_config: Path) -> None:
     """ranks: 1 and sync_bn: false are no part of the params or the checkpoint fingerprint, so
     their arrival retrains no finished cell; other values are."""
-    from detbench.config import without_runtime_keys
+    from detbench.study.config import without_runtime_keys
 
     train = load_config_file(tiny_config)["train"]
     assert {"ranks", "sync_bn", "nodes"} <= set(train)
@@ -265,9 +266,9 @@ def test_the_ranks_mean_loss_is_the_one_rank_loss_of_the_whole_batch() -> None:
     """What DDP averages (each rank's loss on its half, scaled by YoloLoss.ranks) equals the
     one-rank loss of the whole batch: exactly for objectness (a mean over every cell of every
     image; here the only term, as no target is matched), so its gradients are the same too."""
-    from detbench.config import TrainHyperparameters
-    from detbench.loss import YoloLoss
     from detbench.models import build_model
+    from detbench.study.config import TrainHyperparameters
+    from detbench.training.loss import YoloLoss
 
     model = build_model("yolov3-tiny", num_classes=3)
     torch.manual_seed(0)
@@ -286,7 +287,7 @@ def test_the_ranks_mean_loss_is_the_one_rank_loss_of_the_whole_batch() -> None:
 
 
 def test_more_ranks_than_gpus_stop_before_nccl_does(monkeypatch: pytest.MonkeyPatch) -> None:
-    from detbench import distributed
+    from detbench.training import distributed
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

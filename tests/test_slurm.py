@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 from slurm_cluster import SlurmBusy, SlurmCluster, running_slurm, skip_reason
 
-from detbench.distributed import KILL_RANK_ENV
+from detbench.training.distributed import KILL_RANK_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -213,7 +213,7 @@ def test_slurm_profile_runs_a_study_and_resumes_a_cancelled_train_job(
     cancelled = [job["id"] for job in first_run + second_run if job["state"] == "CANCELLED"]
     assert cancelled == [train_job["id"]]
     assert all(job["state"] == "COMPLETED" for job in second_run), second_run
-    # The evaluate jobs copied their train job's evaluation (detbench.final_evaluation).
+    # The evaluate jobs copied their train job's evaluation (detbench.evaluation.final_evaluation).
     for cell in (long_cell, short_cell):
         assert "copied" in (cell / "logs" / "evaluate.log").read_text(), cell
 
@@ -297,7 +297,7 @@ def test_slurm_profile_stops_before_submitting_what_cannot_run(
 def test_a_job_that_can_never_start_is_reported_and_cancelled(
     slurm: SlurmCluster, tmp_path: Path
 ) -> None:
-    from detbench.slurm_check import cancel_stuck_jobs
+    from detbench.cluster.stuck_jobs import cancel_stuck_jobs
 
     # As the plugin submits (a rule_ comment, the workflow's folder), more CPUs than the node
     # has: Slurm accepts it and leaves it PENDING (PartitionConfig).

@@ -1,4 +1,5 @@
-"""src/detbench/slurm_check.py offline: sinfo/squeue parsing, the fit check, stuck jobs.
+"""detbench.cluster.preflight and detbench.cluster.stuck_jobs offline: sinfo/squeue parsing, the
+fit check, stuck jobs.
 
 Against a real Slurm (sbatch, sinfo, squeue, scancel): tests/test_slurm.py.
 """
@@ -9,16 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from detbench.errors import DetbenchError
-from detbench.slurm_check import (
+from detbench.cluster.preflight import (
     Request,
-    cancel_stuck_jobs,
     check_requests,
     describe_requests,
     parse_gres,
     parse_sinfo,
-    stuck_jobs,
 )
+from detbench.cluster.stuck_jobs import cancel_stuck_jobs, stuck_jobs
+from detbench.errors import DetbenchError
 
 # Two partitions: gpu (default, a small and a large node) and cpu (down).
 SINFO = """\

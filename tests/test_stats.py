@@ -1,4 +1,4 @@
-"""detbench.stats against textbook values and fabricated runs of known distributions."""
+"""detbench.summary.stats against textbook values and fabricated runs of known distributions."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from detbench import stats
-from detbench.cell_stats import cell_stats_rows, stats_columns
+from detbench.summary import stats
+from detbench.summary.cell_stats import cell_stats_rows, stats_columns
 
 NAMES = ("a", "b")
 

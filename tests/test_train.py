@@ -21,19 +21,19 @@ import cv2
 import pytest
 import torch
 
-import detbench.checkpoint as checkpoint_module
-import detbench.engine as engine
-import detbench.optim as optim
-import detbench.train as train_module
-from detbench.config import EvalSettings, TrainHyperparameters, TrainSettings
+import detbench.training.checkpoint as checkpoint_module
+import detbench.training.engine as engine
+import detbench.training.optim as optim
+import detbench.training.train as train_module
 from detbench.data.dataset import DatasetManifest
 from detbench.data.loader import make_train_loader
 from detbench.errors import DetbenchError
-from detbench.evaluate import evaluate_cell
-from detbench.inference import load_trained_model
+from detbench.evaluation.evaluate import evaluate_cell
+from detbench.evaluation.inference import load_trained_model
 from detbench.models import build_model
-from detbench.optim import EagerSGD
-from detbench.train import HISTORY_COLUMNS, InterimEvaluation, TrainOutputs, train
+from detbench.study.config import EvalSettings, TrainHyperparameters, TrainSettings
+from detbench.training.optim import EagerSGD
+from detbench.training.train import HISTORY_COLUMNS, InterimEvaluation, TrainOutputs, train
 
 LOSS_COLUMNS = ("lr", "train_box_loss", "train_obj_loss", "train_cls_loss", "train_total_loss")
 
@@ -123,9 +123,9 @@ def test_missing_train_split_is_a_one_line_error(synthetic_manifest: Path, tmp_p
 TRAIN_SCRIPT = """
 import logging, sys
 from pathlib import Path
-from detbench.config import EvalSettings, TrainHyperparameters
-from detbench.config import TrainSettings
-from detbench.train import TrainOutputs, train
+from detbench.study.config import EvalSettings, TrainHyperparameters
+from detbench.study.config import TrainSettings
+from detbench.training.train import TrainOutputs, train
 
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 manifest, out = Path(sys.argv[1]), Path(sys.argv[2])
@@ -140,7 +140,7 @@ train(settings, manifest, TrainOutputs.in_folder(out), threads=1)
 def _start_training(manifest: Path, out: Path) -> tuple[subprocess.Popen, Path]:
     out.mkdir(parents=True, exist_ok=True)
     log = out.parent / f"{out.name}.log"
-    env = {**os.environ, "PYTHONPATH": str(Path(train_module.__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(train_module.__file__).parents[2])}
     with log.open("a", encoding="utf-8") as handle:
         process = subprocess.Popen(
             [sys.executable, "-c", TRAIN_SCRIPT, str(manifest), str(out)],
@@ -269,7 +269,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(
 ) -> None:
     folder = _interrupted_copy(run_with_checkpoints, tmp_path / "cell")
     _damage(folder / "checkpoints/epoch-00003.pt", how)
-    caplog.set_level(logging.INFO, logger="detbench.train")
+    caplog.set_level(logging.INFO, logger="detbench.training.train")
 
     record = train(SHORT, synthetic_manifest, TrainOutputs.in_folder(folder), threads=1)
 
@@ -292,7 +292,7 @@ def test_all_checkpoints_damaged_starts_afresh(
     folder = _interrupted_copy(run_with_checkpoints, tmp_path / "cell")
     _damage(folder / "checkpoints/epoch-00003.pt", "bytes flipped")
     _damage(folder / "checkpoints/epoch-00002.pt", "truncated")
-    caplog.set_level(logging.INFO, logger="detbench.train")
+    caplog.set_level(logging.INFO, logger="detbench.training.train")
 
     record = train(SHORT, synthetic_manifest, TrainOutputs.in_folder(folder), threads=1)
 
@@ -311,7 +311,7 @@ def test_checkpoints_written_under_other_settings_are_ignored(
 ) -> None:
     assert OTHER.fingerprint() != SHORT.fingerprint()
     folder = _interrupted_copy(run_with_checkpoints, tmp_path / "cell")
-    caplog.set_level(logging.INFO, logger="detbench.train")
+    caplog.set_level(logging.INFO, logger="detbench.training.train")
 
     record = train(OTHER, synthetic_manifest, TrainOutputs.in_folder(folder), threads=1)
 
@@ -378,8 +378,8 @@ def test_compiled_forward_trains_like_eager() -> None:
     """train.compile runs the forward through torch.compile; the module, its state_dict keys
     and the step's result stay those of the eager model."""
     from detbench.data.dataset import Batch
-    from detbench.device import select_precision
-    from detbench.loss import YoloLoss
+    from detbench.training.device import select_precision
+    from detbench.training.loss import YoloLoss
 
     device = torch.device("cpu")
     precision = select_precision(device, amp=True)
@@ -574,9 +574,9 @@ def test_eager_sgd_computes_exactly_what_torch_sgd_does() -> None:
 DYNAMO_SCRIPT = """
 import sys
 from pathlib import Path
-from detbench.config import TrainHyperparameters
-from detbench.config import TrainSettings
-from detbench.train import TrainOutputs, train
+from detbench.study.config import TrainHyperparameters
+from detbench.study.config import TrainSettings
+from detbench.training.train import TrainOutputs, train
 
 settings = TrainSettings(
     model="yolov3-tiny", batch=4, epochs=2, img_size=64, seed=0,
@@ -588,8 +588,9 @@ print("torch._dynamo imported:", "torch._dynamo" in sys.modules)
 
 
 def test_a_train_job_does_not_import_torch_dynamo(synthetic_manifest: Path, tmp_path: Path) -> None:
-    """Start-up time and memory (see detbench.optim): a whole job, a checkpoint included."""
-    env = {**os.environ, "PYTHONPATH": str(Path(train_module.__file__).parents[1])}
+    """Start-up time and memory (see detbench.training.optim): a whole job, a checkpoint
+    included."""
+    env = {**os.environ, "PYTHONPATH": str(Path(train_module.__file__).parents[2])}
     done = subprocess.run(
         [sys.executable, "-c", DYNAMO_SCRIPT, str(synthetic_manifest), str(tmp_path / "cell")],
         capture_output=True, text=True, env=env, timeout=600, check=False,
@@ -604,7 +605,7 @@ def test_evaluating_on_a_missing_split_fails_before_training(
     evaluated = dataclasses.replace(SHORT, hyp=dataclasses.replace(SHORT.hyp,
                                                                    eval_interval_epochs=1))
     with (
-        caplog.at_level(logging.INFO, logger="detbench.train"),
+        caplog.at_level(logging.INFO, logger="detbench.training.train"),
         pytest.raises(DetbenchError, match="no split 'holdout'") as error,
     ):
         train(evaluated, synthetic_manifest, TrainOutputs.in_folder(tmp_path / "cell"),

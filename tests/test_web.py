@@ -38,13 +38,13 @@ import pytest
 import torch
 from PIL import Image
 
-from detbench.config import EvalSettings, TrainHyperparameters
 from detbench.data.dataset import DetectionDataset, ImageRecord
 from detbench.errors import DetbenchError
-from detbench.evaluate import predict_split
-from detbench.inference import save_trained_model
+from detbench.evaluation.evaluate import predict_split
+from detbench.evaluation.inference import save_trained_model
 from detbench.models import YOLO, build_model, save_darknet_weights
 from detbench.models.pretrained import DARKNET_NMS_IOU, DarknetPlacement
+from detbench.study.config import EvalSettings, TrainHyperparameters
 from detbench.web import WebConfig, create_app
 from detbench.web.images import ImageRejected, decode_image
 from detbench.web.registry import (

@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from detbench.workflow import configure_logging
+    from detbench.workflow.runner import configure_logging
 
     configure_logging(level=logging.DEBUG if args.verbose else logging.INFO)
     try:

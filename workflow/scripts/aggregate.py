@@ -6,8 +6,8 @@ from pathlib import Path
 # detbench from this checkout, also where it is not installed (e.g. a conda env of its own).
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
-from detbench.aggregate import write_summary
-from detbench.workflow import run_rule
+from detbench.summary.aggregate import write_summary
+from detbench.workflow.runner import run_rule
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
 from detbench.data.prepare import convert_dataset
-from detbench.workflow import run_rule
+from detbench.workflow.runner import run_rule
 
 
 def main() -> None:

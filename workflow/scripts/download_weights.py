@@ -6,9 +6,9 @@ from pathlib import Path
 # detbench from this checkout, also where it is not installed (e.g. a conda env of its own).
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
-from detbench.darknet_files import weights_file_named
+from detbench.models.darknet_files import weights_file_named
 from detbench.models.pretrained import fetch_weights
-from detbench.workflow import run_rule
+from detbench.workflow.runner import run_rule
 
 
 def main() -> None:

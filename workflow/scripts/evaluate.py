@@ -7,11 +7,11 @@ from pathlib import Path
 # detbench from this checkout, also where it is not installed (e.g. a conda env of its own).
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
-from detbench import final_evaluation
-from detbench.cells import FINAL_EVALUATION, cell_of
-from detbench.config import EvalSettings, TrainHyperparameters, with_runtime_keys
-from detbench.planning import image_caches_of
-from detbench.workflow import run_rule
+from detbench.data.cache_plan import image_caches_of
+from detbench.evaluation import final_evaluation
+from detbench.study.cells import FINAL_EVALUATION, cell_of
+from detbench.study.config import EvalSettings, TrainHyperparameters, with_runtime_keys
+from detbench.workflow.runner import run_rule
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     if final_evaluation.reuse(saved, key, output.metrics, output.detections, cell):
         return
     # Imported only now: torch and the model are what reusing the train job's result saves.
-    from detbench.evaluate import evaluate_cell
+    from detbench.evaluation.evaluate import evaluate_cell
 
     evaluate_cell(
         weights, manifest, split, settings, hyp, output.metrics, output.detections,

@@ -6,10 +6,10 @@ from pathlib import Path
 # detbench from this checkout, also where it is not installed (e.g. a conda env of its own).
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
-from detbench.config import ProfileSettings, train_settings_from_config
-from detbench.kernel_profile import ProfileOutputs, profile_cell
-from detbench.planning import image_caches_of
-from detbench.workflow import run_rule
+from detbench.data.cache_plan import image_caches_of
+from detbench.study.config import ProfileSettings, train_settings_from_config
+from detbench.telemetry.kernels import ProfileOutputs, profile_cell
+from detbench.workflow.runner import run_rule
 
 
 def main() -> None:

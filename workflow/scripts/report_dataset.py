@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
 from detbench.report.dataset import write_dataset
 from detbench.report.layout import ReportLayout
-from detbench.workflow import run_rule
+from detbench.workflow.runner import run_rule
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import pandas as pd
 from detbench.report.frame import load_cells
 from detbench.report.layout import ReportLayout
 from detbench.report.plots import write_plots
-from detbench.workflow import run_rule
+from detbench.workflow.runner import run_rule
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 from detbench.report.frame import load_cells
 from detbench.report.layout import ReportLayout
 from detbench.report.tables import write_tables
-from detbench.workflow import run_rule
+from detbench.workflow.runner import run_rule
 
 
 def main() -> None:

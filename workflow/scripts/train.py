@@ -6,23 +6,23 @@ from pathlib import Path
 # detbench from this checkout, also where it is not installed (e.g. a conda env of its own).
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 
-from detbench.allocator import restart_with_lean_allocator
+from detbench.training.allocator import restart_with_lean_allocator
 
 # Before torch is imported: on the CPU, restart once with glibc settings that keep the job's
-# peak memory near its live memory (see detbench.allocator).
+# peak memory near its live memory (see detbench.training.allocator).
 restart_with_lean_allocator(str(snakemake.config["train"].get("device", "auto")))
 
-from detbench.cells import repeat_from_suffix
-from detbench.config import EvalSettings, train_settings_from_config, with_runtime_keys
-from detbench.launch import train_cell
-from detbench.planning import image_caches_of
-from detbench.train import InterimEvaluation, TrainOutputs
-from detbench.workflow import run_rule
+from detbench.data.cache_plan import image_caches_of
+from detbench.study.cells import repeat_from_suffix
+from detbench.study.config import EvalSettings, train_settings_from_config, with_runtime_keys
+from detbench.training.launch import train_cell
+from detbench.training.train import InterimEvaluation, TrainOutputs
+from detbench.workflow.runner import run_rule
 
 
 def main() -> None:
     # The run's device and speed settings come from the workflow config, not the params:
-    # changing them must not retrain the cell (see detbench.config.RUNTIME_TRAIN_KEYS).
+    # changing them must not retrain the cell (see detbench.study.config.RUNTIME_TRAIN_KEYS).
     config = dict(snakemake.params.config)
     config["train"] = with_runtime_keys(config["train"], snakemake.config)
     settings = train_settings_from_config(
@@ -39,7 +39,7 @@ def main() -> None:
     )
     manifest = Path(snakemake.input.dataset) / "manifest.json"
     weights_file = Path(snakemake.input.weights) if snakemake.input.get("weights") else None
-    # One process, or train.ranks of them (detbench.launch), each threads / ranks threads.
+    # One process, or train.ranks of them (detbench.training.launch), each threads / ranks threads.
     train_cell(
         dict(
             settings=settings,

@@ -11,10 +11,10 @@ import cv2
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from detbench.config import TrainSettings
 from detbench.data.augment import AugmentSettings
 from detbench.data.dataset import DatasetManifest, DetectionDataset, collate
 from detbench.errors import DetbenchError
+from detbench.study.config import TrainSettings
 
 
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):

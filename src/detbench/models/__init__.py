@@ -1,5 +1,14 @@
 """YOLOv3 and YOLOv3-tiny in PyTorch, in Darknet's layer order, with Darknet ``.weights`` I/O.
 
+What lives here: the layer graph (``darknet``, ``yolov3``, ``yolov3_tiny``), building a model
+by name (``build``), Darknet ``.weights`` files (``weights``; the official files' URLs and
+checksums in ``darknet_files``, which needs no torch), starting weights (``pretrained``) and
+FLOP counts (``flops``). It may import ``detbench.errors``, ``detbench.atomic`` and
+``detbench.data`` helpers, never training or evaluation.
+
+The names below are imported on first use, so ``detbench.models.darknet_files`` can be read
+while a workflow is planned without loading torch.
+
 >>> model = build_model("yolov3-tiny", num_classes=3)
 >>> model.strides
 [32, 16]
@@ -7,47 +16,26 @@
 
 from __future__ import annotations
 
-from detbench.errors import DetbenchError
-from detbench.models.darknet import YOLO, ModelSpec
-from detbench.models.weights import (
-    WeightsLoadReport,
-    expected_weights_bytes,
-    load_darknet_weights,
-    save_darknet_weights,
-)
-from detbench.models.yolov3 import YOLOV3
-from detbench.models.yolov3_tiny import YOLOV3_TINY
+import importlib
+from typing import Any
 
-MODEL_SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (YOLOV3, YOLOV3_TINY)}
-MODEL_NAMES: tuple[str, ...] = tuple(MODEL_SPECS)  # ("yolov3", "yolov3-tiny")
+_EXPORTS = {
+    "MODEL_NAMES": "detbench.models.build",
+    "MODEL_SPECS": "detbench.models.build",
+    "build_model": "detbench.models.build",
+    "get_model_spec": "detbench.models.build",
+    "YOLO": "detbench.models.darknet",
+    "ModelSpec": "detbench.models.darknet",
+    "WeightsLoadReport": "detbench.models.weights",
+    "expected_weights_bytes": "detbench.models.weights",
+    "load_darknet_weights": "detbench.models.weights",
+    "save_darknet_weights": "detbench.models.weights",
+}
 
-
-def get_model_spec(name: str) -> ModelSpec:
-    try:
-        return MODEL_SPECS[name]
-    except KeyError:
-        raise DetbenchError(
-            f"model: unknown model {name!r}, expected one of {', '.join(MODEL_NAMES)}"
-        ) from None
+__all__ = sorted(_EXPORTS)
 
 
-def build_model(name: str, num_classes: int = 80) -> YOLO:
-    """A freshly initialised model (PyTorch default init; see ``YOLO.initialize_biases``)."""
-    spec = get_model_spec(name)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise DetbenchError(f"num_classes: must be a positive integer, got {num_classes!r}")
-    return YOLO(spec, num_classes)
-
-
-__all__ = [
-    "MODEL_NAMES",
-    "MODEL_SPECS",
-    "YOLO",
-    "ModelSpec",
-    "WeightsLoadReport",
-    "build_model",
-    "expected_weights_bytes",
-    "get_model_spec",
-    "load_darknet_weights",
-    "save_darknet_weights",
-]
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from detbench.device import Precision, datasheet_peak_flops
 from detbench.models.darknet import Conv, LayerSpec, infer_shapes
+from detbench.training.device import Precision, datasheet_peak_flops
 
 TRAINING_PASSES = 3
 

@@ -40,13 +40,13 @@ from pathlib import Path
 
 import numpy as np
 
-from detbench.darknet_files import (
-    WeightsFile,
-    starting_weights,
-)
 from detbench.data.download import download, sha256_file
 from detbench.errors import DetbenchError
 from detbench.models.darknet import YOLO
+from detbench.models.darknet_files import (
+    WeightsFile,
+    starting_weights,
+)
 from detbench.models.weights import (
     HEADER_BYTES_INT64_SEEN,
     MAX_VERSION,

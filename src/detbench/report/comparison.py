@@ -18,11 +18,12 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from detbench import atomic, stats
+from detbench import atomic
 from detbench.report.document import Document
 from detbench.report.frame import MEASURED, ok_cells
 from detbench.report.layout import ReportLayout
 from detbench.report.reference import PUBLISHED, SETUP
+from detbench.summary import stats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +65,8 @@ CELL_COLUMNS = [
     "faster",
     "times_faster",
     *(f"d_{name}" for name in METRICS.values()),
-    # Over the cell's repeats (detbench.stats): n per platform, the time ratio's 95% interval
+    # Over the cell's repeats (detbench.summary.stats): n per platform, the time ratio's 95%
+    # interval
     # (Welch's t on log times), its p-value and verdict; the train times' coefficients of
     # variation and the Brown-Forsythe test of equal spread; mAP@0.5's difference interval.
     "n_a",
@@ -478,7 +480,7 @@ def _repeats_tables(
     )
 
 
-# What a train job's wall time is made of (detbench.timing), as the comparison shows it.
+# What a train job's wall time is made of (detbench.training.timing), as the comparison shows it.
 TIME_PARTS = {
     "startup_s": "start-up",
     "first_epoch_extra_s": "first epoch's extra",

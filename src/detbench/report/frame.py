@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from detbench.cells import Cell
 from detbench.errors import DetbenchError
 from detbench.report import reference
+from detbench.study.cells import Cell
 
 MEASURED = "measured"
 KEYS = ["platform", "model", "batch", "epochs"]
@@ -36,7 +36,7 @@ NUMERIC = [
     "map50_95",
     "img_size",
     "eval_images",
-    # Where the train job's time went (detbench.timing), s.
+    # Where the train job's time went (detbench.training.timing), s.
     "startup_s",
     "first_epoch_extra_s",
     "steady_epochs_s",

@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from detbench.cells import Cell
 from detbench.report.reference import REFERENCE_PLATFORMS, platform_label, reference_cells
+from detbench.study.cells import Cell
 
 REPORT_DIR = "results/report"
 

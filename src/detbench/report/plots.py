@@ -22,7 +22,6 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import ScaledTranslation
 
 from detbench import atomic
-from detbench.cells import GPU_SAMPLES
 from detbench.errors import DetbenchError
 from detbench.report.comparison import (
     compare_cells,
@@ -39,6 +38,7 @@ from detbench.report.spread_plots import (
     spread_figure,
     time_breakdown_figure,
 )
+from detbench.study.cells import GPU_SAMPLES
 
 # No display on cluster nodes or in CI; switching is allowed as long as no figure exists yet.
 matplotlib.use("Agg")

@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from detbench.report.frame import MEASURED, ok_cells
-from detbench.stats import describe
+from detbench.summary.stats import describe
 
 SPREAD_PANELS = (
     ("train_time_s_runs", "train wall time (s)"),

@@ -18,8 +18,8 @@ import torch
 from flask import Flask, Request, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from detbench.device import select_device
 from detbench.errors import DetbenchError
+from detbench.training.device import select_device
 from detbench.web.draw import annotate, png_data_url
 from detbench.web.images import ImageRejected, decode_upload
 from detbench.web.registry import (

@@ -12,7 +12,7 @@ cannot be loaded is an error at start-up (better than a server that fails on eve
 
 Preprocessing and post-processing are those of the evaluation
 (:meth:`detbench.data.dataset.DetectionDataset.sample` and
-:func:`detbench.evaluate.predict_split`): resize the long side to the model's input size,
+:func:`detbench.evaluation.evaluate.predict_split`): resize the long side to the model's input size,
 letterbox onto a grey square, RGB in [0, 1], the shared :func:`non_max_suppression` with the
 evaluation's NMS IoU, and boxes mapped back to original pixels and clipped to the image. So a
 detection the app shows at confidence c is one the evaluation scored at c.
@@ -37,13 +37,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from detbench.cells import WEIGHTS, Cell
-from detbench.config import TrainHyperparameters
 from detbench.data.augment import Letterbox, letterbox, resize_long_side
 from detbench.data.coco import COCO_CLASSES
-from detbench.device import select_precision
 from detbench.errors import DetbenchError
-from detbench.inference import (
+from detbench.evaluation.inference import (
     Detections,
     load_trained_model,
     model_input,
@@ -58,6 +55,9 @@ from detbench.models import (
 )
 from detbench.models.pretrained import DARKNET_NMS_IOU, DarknetPlacement, darknet_letterbox
 from detbench.models.weights import HEADER_BYTES_INT32_SEEN, HEADER_BYTES_INT64_SEEN
+from detbench.study.cells import WEIGHTS, Cell
+from detbench.study.config import TrainHyperparameters
+from detbench.training.device import select_precision
 from detbench.web.settings import COCO_IMG_SIZE, InferenceSettings
 
 log = logging.getLogger("detbench.web")

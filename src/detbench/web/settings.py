@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from detbench.config import EvalSettings
+from detbench.study.config import EvalSettings
 
 MIB = 1024 * 1024
 DEFAULT_MAX_UPLOAD_MB = 16.0

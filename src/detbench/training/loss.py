@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from detbench.config import TrainHyperparameters
+from detbench.study.config import TrainHyperparameters
 
 # Objectness weight per level, finest grid first (ultralytics' [4.0, 1.0, 0.4]): fine grids have
 # many more cells, hence many more negatives per positive.
@@ -111,7 +111,8 @@ class YoloLoss:
         self.bce = nn.BCEWithLogitsLoss()
         # With N ranks each computes its share's loss times the global batch, so that DDP's
         # mean of the ranks' gradients is the one-rank gradient of the whole batch (exactly so
-        # for the objectness term, a mean over every image's cells; see detbench.distributed).
+        # for the objectness term, a mean over every image's cells; see
+        # detbench.training.distributed).
         self.ranks = ranks
 
     def __call__(

@@ -1,6 +1,6 @@
 """Collect every finished cell under ``results/`` into one table, ``results/summary.csv``.
 
-A cell's folder (named by :mod:`detbench.cells`) holds ``run.json`` (from training),
+A cell's folder (named by :mod:`detbench.study.cells`) holds ``run.json`` (from training),
 ``history.csv`` and ``metrics.json`` (from evaluation); the profile of its model and batch size
 joins its row where there is one. Every platform present is included, so copying another
 platform's ``results/<platform>/`` beside this one and rebuilding the summary compares them
@@ -14,12 +14,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from detbench import atomic, cells
-from detbench.cell_stats import stats_columns, write_cell_stats
-from detbench.cells import METRICS, RUN_RECORD, Cell
-from detbench.csv_table import csv_text
+from detbench import atomic
 from detbench.errors import DetbenchError, read_json
-from detbench.timing import BREAKDOWN_COLUMNS
+from detbench.study import cells
+from detbench.study.cells import METRICS, RUN_RECORD, Cell
+from detbench.summary.cell_stats import stats_columns, write_cell_stats
+from detbench.summary.csv_table import csv_text
+from detbench.training.timing import BREAKDOWN_COLUMNS
 
 # Column name -> what it holds (units, split, threshold). Written beside the summary.
 COLUMNS: dict[str, str] = {
@@ -293,7 +294,7 @@ def write_summary(
 ) -> list[dict[str, Any]]:
     """Write the summary CSV (a row per run) and, beside it, a JSON dictionary of what each
     column holds; with ``stats_path``, the per-cell statistics over the repeats there (and
-    their dictionary beside them: detbench.cell_stats).
+    their dictionary beside them: detbench.summary.cell_stats).
 
     ``prices``: price of one hour per platform label (config gpu_hour_price), in ``currency``.
     """

@@ -19,16 +19,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from detbench import distributed
-from detbench.checkpoint import restore_rng_states, rng_states
-from detbench.config import TrainSettings
 from detbench.data.dataset import Batch
-from detbench.device import Precision, synchronize
 from detbench.errors import DetbenchError
-from detbench.inference import model_input
-from detbench.loss import LossItems, YoloLoss
+from detbench.evaluation.inference import model_input
 from detbench.models import build_model
-from detbench.optim import ModelEMA, make_optimizer, set_learning_rate
+from detbench.study.config import TrainSettings
+from detbench.training import distributed
+from detbench.training.checkpoint import restore_rng_states, rng_states
+from detbench.training.device import Precision, synchronize
+from detbench.training.loss import LossItems, YoloLoss
+from detbench.training.optim import ModelEMA, make_optimizer, set_learning_rate
 
 
 def seed_everything(seed: int) -> None:

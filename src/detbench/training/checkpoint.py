@@ -25,7 +25,7 @@ import torch
 
 from detbench import atomic
 
-log = logging.getLogger("detbench.checkpoint")
+log = logging.getLogger("detbench.training.checkpoint")
 
 CHECKPOINTS_KEPT = 2
 

@@ -1,7 +1,8 @@
 """A cell's final evaluation, made by its train job and reused by its evaluate job.
 
 The train job has the final weights in memory and the evaluation split decoded, so it evaluates
-them there (``detbench.train``) and writes what the evaluate job would write, metrics.json's and
+them there (``detbench.training.train``) and writes what the evaluate job would write,
+metrics.json's and
 detections.json's contents, into ``final_evaluation.json`` beside the weights, under the key of
 everything that evaluation depended on: the split, the ``evaluate:`` settings, the train
 hyperparameters (loss gains, device, precision), the dataset manifest's and the weights'
@@ -29,7 +30,7 @@ from detbench import atomic
 
 FORMAT = "detbench-final-evaluation-v1"
 
-log = logging.getLogger("detbench.final_evaluation")
+log = logging.getLogger("detbench.evaluation.final_evaluation")
 
 
 def file_sha256(path: str | Path) -> str:

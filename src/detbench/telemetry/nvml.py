@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-log = logging.getLogger("detbench.profiling")
+log = logging.getLogger("detbench.telemetry")
 
 SAMPLE_COLUMNS = (
     "time_s",

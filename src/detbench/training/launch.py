@@ -1,9 +1,11 @@
 """Starting a cell's ranks (``train.ranks``): in the train job's own process for one rank,
 torchrun's elastic launch on one machine, ``srun`` inside a Slurm job.
 
-``train_cell`` is what the train rule calls. With ``ranks: 1`` it calls detbench.train.train in
+``train_cell`` is what the train rule calls. With ``ranks: 1`` it calls
+detbench.training.train.train in
 this process, exactly as without ranks. With more, it writes the call's arguments to a file
-beside the checkpoints and starts ``ranks`` workers, each ``python -m detbench.launch FILE``:
+beside the checkpoints and starts ``ranks`` workers, each ``python -m detbench.training.launch
+FILE``:
 
 - on one machine through torch.distributed.launcher.api.elastic_launch (the machinery behind
   torchrun): a c10d rendezvous on a free port of 127.0.0.1, no restarts (a rerun of the job
@@ -21,33 +23,25 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import re
-import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from detbench.cluster.srun import srun_ranks, under_slurm
 from detbench.errors import DetbenchError
 
-log = logging.getLogger("detbench.launch")
-
-# The SLURM_ variables a nested srun keeps: the job's identity. The calling step's task and
-# resource settings (SLURM_NTASKS=1, SLURM_CPUS_PER_TASK, ...) would override the new step's.
-SLURM_KEPT = ("SLURM_JOB_ID", "SLURM_JOBID", "SLURM_CLUSTER_NAME", "SLURM_SUBMIT_DIR")
-SLURM_TASK_FAILURE = re.compile(r"task (\d+): (.+)$")
-
+log = logging.getLogger("detbench.training.launch")
 
 def train_cell(
     kwargs: dict[str, Any], *, ranks: int, nodes: int, threads: int | None, log_path: str | None
 ) -> None:
-    """Train one cell: ``detbench.train.train(**kwargs)`` on ``ranks`` processes, each with
+    """Train one cell: ``detbench.training.train.train(**kwargs)`` on ``ranks`` processes, each with
     ``threads / ranks`` torch threads."""
     if ranks == 1:
-        from detbench.train import train
+        from detbench.training.train import train
 
         train(**kwargs, threads=threads)
         return
@@ -59,7 +53,7 @@ def train_cell(
         pickle.dump({"kwargs": kwargs, "log_path": log_path}, job)
         job.flush()
         if under_slurm():
-            _srun(job.name, ranks, nodes, kwargs["threads"])
+            srun_ranks(job.name, ranks, nodes, kwargs["threads"], port=free_port())
         else:
             _elastic(job.name, ranks)
 
@@ -67,14 +61,9 @@ def train_cell(
 def _import_this_detbench() -> None:
     """The ranks import the detbench this process runs (the workflow's src/, say, where the
     package is installed elsewhere or not at all): its folder first on their PYTHONPATH."""
-    source = str(Path(__file__).resolve().parents[1])
+    source = str(Path(__file__).resolve().parents[2])
     rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != source]
     os.environ["PYTHONPATH"] = os.pathsep.join([source, *rest])
-
-
-def under_slurm(env: dict[str, str] | None = None) -> bool:
-    env = dict(os.environ) if env is None else env
-    return "SLURM_JOB_ID" in env and shutil.which("srun") is not None
 
 
 def free_port() -> int:
@@ -99,7 +88,7 @@ def _elastic(job_file: str, ranks: int) -> None:
     )
     log.info("starting %d ranks (torch elastic launch on 127.0.0.1)", ranks)
     try:
-        elastic_launch(config, sys.executable)("-m", "detbench.launch", job_file)
+        elastic_launch(config, sys.executable)("-m", "detbench.training.launch", job_file)
     except ChildFailedError as error:
         raise DetbenchError(describe_failures(error.failures, ranks)) from None
 
@@ -122,47 +111,25 @@ def describe_failures(failures: dict[int, Any], ranks: int) -> str:
     return line + "; rerun to resume"
 
 
-def _srun(job_file: str, ranks: int, nodes: int, threads: int) -> None:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("SLURM_", "SRUN_", "SBATCH_")) or key in SLURM_KEPT
-    }
-    env["MASTER_PORT"] = str(free_port())  # on this host, the first of the job's nodes
-    command = ["srun", "--overlap", f"--ntasks={ranks}", f"--nodes={nodes}"]
-    command += [f"--cpus-per-task={threads}", "--mem=0", "--kill-on-bad-exit=1"]
-    command += [sys.executable, "-m", "detbench.launch", job_file]
-    log.info("starting %d ranks: %s", ranks, " ".join(command))
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-    failed: list[str] = []
-    assert process.stderr is not None
-    for line in process.stderr:
-        sys.stderr.write(line)
-        match = SLURM_TASK_FAILURE.search(line.strip())
-        if match and line.startswith("srun: error"):
-            failed.append(f"rank {match.group(1)} {match.group(2).lower()}")
-    if process.wait() != 0:
-        how = "; ".join(failed) or f"srun exited with code {process.returncode}"
-        raise DetbenchError(f"training on {ranks} ranks (srun) failed: {how}; rerun to resume")
-
-
 def rank_main(job_file: str) -> None:
     """One rank: join the others, train, leave. Rank 0 logs to the rule's log; the others
     add their warnings and errors to it."""
-    from detbench import distributed
-    from detbench.train import train
+    from detbench.training import distributed
+    from detbench.training.train import train
 
     with open(job_file, "rb") as handle:
         job = pickle.load(handle)
     env = distributed.RankEnv.from_env()
     if env is None:
-        raise SystemExit("detbench.launch: no RANK/WORLD_SIZE nor SLURM_PROCID in the environment")
+        raise SystemExit(
+            "detbench.training.launch: no RANK/WORLD_SIZE nor SLURM_PROCID in the environment"
+        )
     _configure_logging(job["log_path"], env.rank)
     try:
         distributed.init_process_group(env, job["kwargs"]["settings"].hyp.device)
         train(**job["kwargs"])
     except DetbenchError as error:
-        logging.getLogger("detbench.launch").error("%s", error)
+        logging.getLogger("detbench.training.launch").error("%s", error)
         print(f"detbench error: rank {env.rank}: {error}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
     finally:

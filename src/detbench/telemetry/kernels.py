@@ -39,16 +39,21 @@ from torch.autograd import DeviceType
 from torch.utils.data import DataLoader
 
 from detbench import atomic
-from detbench.config import ProfileSettings, TrainSettings
 from detbench.data.dataset import Batch, DatasetManifest
 from detbench.data.loader import make_train_loader
-from detbench.device import select_device, select_precision, synchronize
-from detbench.engine import TrainingState, build_training_model, seed_everything, train_step
 from detbench.errors import DetbenchError
-from detbench.loss import YoloLoss
-from detbench.profiling.nvml import GpuTelemetry, cuda_device_uuid, load_nvml
-from detbench.profiling.provenance import run_provenance
-from detbench.profiling.resources import shutdown_loader_workers
+from detbench.study.config import ProfileSettings, TrainSettings
+from detbench.telemetry.nvml import GpuTelemetry, cuda_device_uuid, load_nvml
+from detbench.telemetry.provenance import run_provenance
+from detbench.telemetry.resources import shutdown_loader_workers
+from detbench.training.device import select_device, select_precision, synchronize
+from detbench.training.engine import (
+    TrainingState,
+    build_training_model,
+    seed_everything,
+    train_step,
+)
+from detbench.training.loss import YoloLoss
 
 log = logging.getLogger("detbench.profile")
 
@@ -176,7 +181,7 @@ def profile_cell(
 ) -> dict[str, Any]:
     """Profile ``profile.steps`` training steps of ``settings``' model and batch size; write
     the kernel table, the summary and the trace; return the summary. ``image_caches``: split
-    -> disk image cache folder (see detbench.train.train)."""
+    -> disk image cache folder (see detbench.training.train.train)."""
     if threads:
         torch.set_num_threads(threads)
     settings = dataclasses.replace(settings, weights="scratch")

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 
 from detbench import atomic
-from detbench.profiling import nvml as nvml_module
-from detbench.profiling.resources import (
+from detbench.telemetry import nvml as nvml_module
+from detbench.telemetry.resources import (
     DEFINITIONS,
     Origin,
     ResourceMeter,
@@ -34,7 +34,7 @@ from detbench.profiling.resources import (
     shutdown_loader_workers,
 )
 
-log = logging.getLogger("detbench.profiling")
+log = logging.getLogger("detbench.telemetry")
 
 SAMPLE_INTERVAL_S = 0.5
 STATE_VERSION = 1

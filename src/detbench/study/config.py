@@ -23,10 +23,10 @@ from detbench.errors import DetbenchError
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
 # How a cell runs, not what it computes: the ``train:`` keys whose change neither retrains nor
-# re-evaluates a finished cell (they are kept out of the rules' params, which Snakemake compares;
-# see detbench.planning) nor discards a cell's checkpoints (TrainSettings.fingerprint ignores
-# them). Each names the jobs it does rerun: the profile jobs, where it changes the kernels they
-# record. Every other train: key retrains, re-evaluates and re-profiles.
+# re-evaluates a finished cell (they are kept out of the rules' params, which Snakemake
+# compares; see detbench.workflow.rule_params) nor discards a cell's checkpoints
+# (TrainSettings.fingerprint ignores them). Each names the jobs it does rerun: the profile
+# jobs, where it changes the kernels they record. Every other train: key retrains, re-evaluates and re-profiles.
 RUNTIME_TRAIN_KEY_RERUNS: dict[str, tuple[str, ...]] = {
     "workers": ("profile",),
     "device": ("profile",),
@@ -356,7 +356,8 @@ class TrainSettings:
 def train_settings_from_config(
     config: dict[str, Any], *, model: str, batch: int, epochs: int
 ) -> TrainSettings:
-    """Settings of one cell from the workflow's per-cell config (see detbench.planning)."""
+    """Settings of one cell from the workflow's per-cell config (see
+    detbench.workflow.rule_params)."""
     return TrainSettings(
         model=model,
         batch=batch,

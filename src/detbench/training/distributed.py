@@ -1,6 +1,6 @@
 """Several processes training one cell (``train.ranks``): torch.distributed inside a rank.
 
-Each rank runs ``detbench.train.train`` whole; what differs is here. Every rank builds the
+Each rank runs ``detbench.training.train.train`` whole; what differs is here. Every rank builds the
 same seeded model, draws the same global batch order and keeps its share of each batch
 (detbench.data.loader.EpochBatchSampler); DistributedDataParallel averages the ranks'
 gradients after every backward. YoloLoss multiplies each rank's loss by the global batch
@@ -12,7 +12,7 @@ with one rank, and stay equal across ranks. Rank 0 writes every file (checkpoint
 history, run record, final evaluation); the others end with the last epoch.
 
 How the ranks are started (torchrun's elastic launch on one machine, srun under Slurm) is
-detbench.launch. Nothing here does anything in a job without a process group (ranks: 1).
+detbench.training.launch. Nothing here does anything in a job without a process group (ranks: 1).
 """
 
 from __future__ import annotations

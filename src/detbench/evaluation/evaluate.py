@@ -13,19 +13,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from detbench import atomic, final_evaluation
-from detbench.config import EvalSettings, TrainHyperparameters
+from detbench import atomic
 from detbench.data.dataset import DatasetManifest, DetectionDataset, collate
-from detbench.device import select_device, select_precision
-from detbench.inference import (
+from detbench.evaluation import final_evaluation
+from detbench.evaluation.inference import (
     Detections,
     load_trained_model,
     model_input,
     non_max_suppression,
     to_original_pixels,
 )
-from detbench.loss import YoloLoss
-from detbench.metrics import (
+from detbench.evaluation.metrics import (
     DetectionMetrics,
     ImageDetections,
     ImageGroundTruth,
@@ -33,8 +31,11 @@ from detbench.metrics import (
     evaluate_detections,
     to_coco_results,
 )
+from detbench.study.config import EvalSettings, TrainHyperparameters
+from detbench.training.device import select_device, select_precision
+from detbench.training.loss import YoloLoss
 
-log = logging.getLogger("detbench.evaluate")
+log = logging.getLogger("detbench.evaluation.evaluate")
 
 
 def predict_split(
@@ -229,7 +230,7 @@ def save_final_evaluation(
     weights_path: Path,
 ) -> None:
     """The train job's evaluation of its final weights, for the evaluate job to reuse (see
-    detbench.final_evaluation)."""
+    detbench.evaluation.final_evaluation)."""
     result, coco_results = cell_results(evaluation, dataset, manifest, split, settings, device)
     key = final_evaluation.evaluation_key(
         split, dataclasses.asdict(settings), dataclasses.asdict(hyp), manifest.path, weights_path

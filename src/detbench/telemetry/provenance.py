@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 import detbench
-from detbench.cells import Cell
-from detbench.config import config_hash
+from detbench.study.cells import Cell
+from detbench.study.config import config_hash
 
 PACKAGE_DIR = Path(detbench.__file__).resolve().parent
 
@@ -78,7 +78,7 @@ def run_provenance(
     """The provenance block of a run record.
 
     ``config``: the effective configuration the job ran under, hashed with
-    :func:`detbench.config.config_hash`; ``config_source`` says what it is. ``gpu``: NVML's
+    :func:`detbench.study.config.config_hash`; ``config_source`` says what it is. ``gpu``: NVML's
     name / driver / CUDA driver version where known.
     """
     gpu = gpu or {}
@@ -123,7 +123,7 @@ def cell_provenance(
 ) -> dict[str, Any]:
     """Provenance of a train job (``settings``: its TrainSettings).
 
-    Without ``platform`` the label is read from the cell's path (detbench.cells), where it has
+    Without ``platform`` the label is read from the cell's path (detbench.study.cells), where it has
     that shape. Without ``config`` (the cell's config
     dict as the train rule's params pass it) the hash covers the train settings instead, every
     value that determines the cell's training; ``config_hashed`` says which.

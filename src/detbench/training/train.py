@@ -19,36 +19,44 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from detbench import atomic, distributed
-from detbench.cells import CHECKPOINTS, FINAL_EVALUATION, GPU_SAMPLES, HISTORY, RUN_RECORD, WEIGHTS
-from detbench.checkpoint import (
+from detbench import atomic
+from detbench.data.dataset import DatasetManifest, DetectionDataset
+from detbench.data.loader import make_train_loader, steps_per_epoch
+from detbench.evaluation.evaluate import SplitEvaluation, evaluate_model, save_final_evaluation
+from detbench.evaluation.inference import save_trained_model
+from detbench.models.flops import ModelFlops
+from detbench.study.cells import (
+    CHECKPOINTS,
+    FINAL_EVALUATION,
+    GPU_SAMPLES,
+    HISTORY,
+    RUN_RECORD,
+    WEIGHTS,
+)
+from detbench.study.config import EvalSettings, TrainSettings
+from detbench.telemetry import TrainMonitor, cell_provenance
+from detbench.telemetry.provenance import cpu_model_name
+from detbench.telemetry.resources import process_age_s
+from detbench.training import distributed
+from detbench.training.checkpoint import (
     CheckpointClock,
     load_latest_checkpoint,
     remove_checkpoints,
     save_checkpoint,
     sigterm_exits,
 )
-from detbench.config import EvalSettings, TrainSettings
-from detbench.data.dataset import DatasetManifest, DetectionDataset
-from detbench.data.loader import make_train_loader, steps_per_epoch
-from detbench.device import Precision, select_device, select_precision
-from detbench.engine import (
+from detbench.training.device import Precision, select_device, select_precision
+from detbench.training.engine import (
     EpochPlan,
     TrainingState,
     build_training_model,
     seed_everything,
     train_one_epoch,
 )
-from detbench.evaluate import SplitEvaluation, evaluate_model, save_final_evaluation
-from detbench.inference import save_trained_model
-from detbench.loss import YoloLoss
-from detbench.models.flops import ModelFlops
-from detbench.profiling import TrainMonitor, cell_provenance
-from detbench.profiling.provenance import cpu_model_name
-from detbench.profiling.resources import process_age_s
-from detbench.timing import time_breakdown
+from detbench.training.loss import YoloLoss
+from detbench.training.timing import time_breakdown
 
-log = logging.getLogger("detbench.train")
+log = logging.getLogger("detbench.training.train")
 
 HISTORY_COLUMNS = (
     "epoch",
@@ -117,7 +125,7 @@ def train(
     ``interim_evaluation``: the split and settings to evaluate on every
     ``settings.hyp.eval_interval_epochs`` epochs (not at all without it, or when that is 0).
     ``platform_label``, ``cell_config``: the platform and the cell's config for the record's
-    provenance (see detbench.profiling.cell_provenance for what stands in without them).
+    provenance (see detbench.telemetry.cell_provenance for what stands in without them).
     ``repeat``: which run of the cell this is (recorded; the seed is in ``settings``).
     ``image_caches``: split -> disk image cache folder to read it from (else decoded in memory).
     """

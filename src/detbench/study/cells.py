@@ -29,7 +29,7 @@ GPU_SAMPLES = "gpu_samples.csv"
 METRICS = "metrics.json"
 DETECTIONS = "detections.json"
 # The train job's evaluation of its final weights, which the evaluate job reuses when it was
-# made under the evaluate job's settings (detbench.final_evaluation); no declared output.
+# made under the evaluate job's settings (detbench.evaluation.final_evaluation); no declared output.
 FINAL_EVALUATION = "final_evaluation.json"
 CHECKPOINTS = "checkpoints"  # resume state, outside the declared outputs
 

@@ -1,6 +1,6 @@
 """``results/summary_stats.csv``: one row per cell (platform, model, batch, epochs) over its
 repeats, with n and, for each metric below, its mean, standard deviation, min, median, max,
-coefficient of variation and 95% confidence interval of the mean (detbench.stats).
+coefficient of variation and 95% confidence interval of the mean (detbench.summary.stats).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from detbench import atomic
-from detbench.csv_table import csv_text
-from detbench.stats import describe
+from detbench.summary.csv_table import csv_text
+from detbench.summary.stats import describe
 
 CELL_KEYS = ("platform", "dataset", "img_size", "model", "batch", "epochs")
 # Summary column -> what it is, for the statistics' descriptions.

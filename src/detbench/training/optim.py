@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from detbench.config import TrainHyperparameters, TrainSettings
+from detbench.study.config import TrainHyperparameters, TrainSettings
 
 _Optimizer = torch.optim.Optimizer
 
@@ -84,7 +84,8 @@ def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.SGD
     # The loss is summed over the batch, so gradients grow with the batch size; decay scales
     # with it to keep the same balance (the 2020 recipe's nominal batch is 64).
     weight_decay = hyp.weight_decay * settings.batch / 64
-    # torch.optim.SGD's arithmetic without its import of torch._dynamo (see detbench.optim).
+    # torch.optim.SGD's arithmetic without its import of torch._dynamo (see
+    # detbench.training.optim).
     optimizer = EagerSGD(
         [
             {"params": bn_weights, "weight_decay": 0.0, "name": "bn_weights"},
