@@ -26,7 +26,8 @@ SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 # re-evaluates a finished cell (they are kept out of the rules' params, which Snakemake
 # compares; see detbench.workflow.rule_params) nor discards a cell's checkpoints
 # (TrainSettings.fingerprint ignores them). Each names the jobs it does rerun: the profile
-# jobs, where it changes the kernels they record. Every other train: key retrains, re-evaluates and re-profiles.
+# jobs, where it changes the kernels they record. Every other train: key retrains,
+# re-evaluates and re-profiles.
 RUNTIME_TRAIN_KEY_RERUNS: dict[str, tuple[str, ...]] = {
     "workers": ("profile",),
     "device": ("profile",),
