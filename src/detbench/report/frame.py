@@ -2,9 +2,8 @@
 
 Rows are cells (platform, model, batch, epochs); columns are detbench's summary names, so a
 published figure sits in the same column as the measurement it is comparable with. Columns a
-summary does not have yet (the process resources of issue 4: ``user_time_s``, ``cpu_percent``,
-``max_rss_kb``, ``biggest_gpu_activity_avg_us``) are NaN and show as NA; they are picked up as
-soon as the summary carries them.
+summary does not have (a cell without process resources: ``user_time_s``, ``cpu_percent``,
+``max_rss_kb``, ``biggest_gpu_activity_avg_us``) are NaN and show as NA.
 """
 
 from __future__ import annotations

@@ -461,7 +461,7 @@ def memory_figure(frame: pd.DataFrame, platforms: Sequence[str], model: str) -> 
 
 
 def read_gpu_samples(path: Path) -> pd.DataFrame | None:
-    """A cell's GPU samples (issue 4's gpu_samples.csv), or None when the cell has none."""
+    """A cell's GPU samples (gpu_samples.csv), or None when the cell has none."""
     if not path.exists():
         return None
     samples = pd.read_csv(path)

@@ -2,7 +2,7 @@
 
 A row per cell of the grid. A cell that is in the grid but has no result shows ``missing`` and
 a cell that failed shows ``failed`` in every value column; a figure the platform did not record
-(the process resources before issue 4, mAP of the published platforms) shows ``NA``. Never a
+(process resources a cell did not record, mAP of the published platforms) shows ``NA``. Never a
 zero that was not measured.
 """
 

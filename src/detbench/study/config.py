@@ -39,9 +39,8 @@ RUNTIME_TRAIN_KEY_RERUNS: dict[str, tuple[str, ...]] = {
     "nodes": (),
 }
 RUNTIME_TRAIN_KEYS = tuple(RUNTIME_TRAIN_KEY_RERUNS)
-# train: keys that came after cells were trained (issue 17): at these values they are left out
-# of what a cell depends on, so that their arrival reruns no finished cell and keeps every
-# checkpoint resumable.
+# train: keys whose default is left out of what a cell depends on, so that a cell trained
+# without them is not rerun and its checkpoints stay resumable.
 OMITTED_AT_DEFAULT: dict[str, Any] = {"ranks": 1, "sync_bn": False}
 # The runtime keys that rerun no job at all.
 UNPROFILED_TRAIN_KEYS = tuple(
