@@ -12,7 +12,7 @@
 # GPU: build with CUDA wheels of torch, which carry the CUDA libraries themselves, and run with
 # the NVIDIA container toolkit (`docker run --gpus all ...`):
 #   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 -t detbench-web:cuda .
-# (or start FROM an nvidia/cuda:*-cudnn-runtime image with Python 3.11; see the README).
+# (or start FROM an nvidia/cuda:*-cudnn-runtime image with Python 3.11; see docs/local.md).
 ARG PYTHON_IMAGE=python:3.11-slim
 FROM ${PYTHON_IMAGE}
 

@@ -1,5 +1,6 @@
 # The two set-up commands of the README: `make demo` (the offline demo study) and `make test`.
-# Each creates .venv first when it is missing.
+# Each creates .venv first when it is missing. `make test` also builds the manual (docs/,
+# mkdocs.yml) into build/site, strictly: a broken link or a missing page fails it.
 
 PYTHON ?= python3
 VENV := .venv
@@ -22,6 +23,7 @@ test: $(BIN)/detbench
 	$(BIN)/ruff check src tests workflow/scripts benchmarks
 	$(BIN)/snakefmt --check Snakefile rules
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	$(BIN)/pytest
 
 clean-demo:

@@ -857,8 +857,8 @@ def test_coco_slot_prepares_input_as_darknet_does(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 # The peak resident memory `detbench serve` may reach under the load below (default settings:
-# --concurrency 2). README.md ("Serving under load") and deploy/kubernetes/deployment.yaml quote
-# this figure; the test checks that they do.
+# --concurrency 2). docs/web-app.md ("Serving under load") and deploy/kubernetes/deployment.yaml
+# quote this figure; the test checks that they do.
 LOAD_TEST_PEAK_RSS_MIB = 1280
 
 
@@ -927,7 +927,7 @@ def test_server_memory_under_concurrent_large_uploads(
     assert photos and all((b["width"], b["height"]) == (5000, 5000) for b in photos), answers
     assert peak < LOAD_TEST_PEAK_RSS_MIB, f"peak RSS {peak:.0f} MiB (idle {idle:.0f} MiB)"
     quoted = f"{LOAD_TEST_PEAK_RSS_MIB} MiB"
-    assert quoted in (repo_root / "README.md").read_text(encoding="utf-8")
+    assert quoted in (repo_root / "docs/web-app.md").read_text(encoding="utf-8")
     manifest = (repo_root / "deploy/kubernetes/deployment.yaml").read_text(encoding="utf-8")
     assert quoted in manifest
 

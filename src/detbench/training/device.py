@@ -50,7 +50,7 @@ def check_cuda_device_supported(device: torch.device) -> None:
             f"GPU {index} ({name}) has compute capability {major}.{minor}, but this torch "
             f"{torch.__version__} (CUDA {torch.version.cuda}) was built for "
             f"{', '.join(built_for)}; install a torch build for sm_{major}{minor} "
-            "(see README, 'GPU generations')"
+            "(see docs/local.md, 'GPU generations')"
         )
 
 

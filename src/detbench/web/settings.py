@@ -16,7 +16,7 @@ DEFAULT_MAX_PIXELS = 25_000_000
 # 416 px input, so the letterbox still averages down; a decoded image is then at most ~8 MB.
 DEFAULT_MAX_DECODE_SIDE = 1664
 # Uploads decoded and run through a model at once; more wait for up to the queue timeout, then
-# get 503. Peak memory is base + this many decodes (see the README's "Serving" section).
+# get 503. Peak memory is base + this many decodes (see docs/web-app.md, "Serving under load").
 DEFAULT_CONCURRENCY = 2
 DEFAULT_QUEUE_TIMEOUT_S = 20.0
 # Open connections the server holds (their request bodies are in memory); more wait in the
