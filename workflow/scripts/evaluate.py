@@ -29,7 +29,7 @@ def main() -> None:
     saved = weights.with_name(FINAL_EVALUATION)
     if final_evaluation.reuse(saved, key, output.metrics, output.detections, cell):
         return
-    # Imported only now: torch and the model are what reusing the train job's result saves.
+    # Imported only here: torch and the model are what reusing the train job's result saves.
     from detbench.evaluation.evaluate import evaluate_cell
 
     evaluate_cell(

@@ -9,7 +9,7 @@ hyperparameters (loss gains, device, precision), the dataset manifest's and the 
 SHA-256. The evaluate job computes the same key from its own params and, when the two agree,
 copies the result instead of importing torch, building the model and decoding the split again.
 Any difference (other ``evaluate:`` settings, retrained weights, a changed dataset) and it
-evaluates the weights itself, as it always did.
+evaluates the weights itself.
 
 The file is no declared output of the train rule: cells trained before it existed would
 otherwise be retrained. A stale one is harmless, since its key names the weights it scored.
