@@ -19,7 +19,6 @@ Standard library only: the evaluate job imports this before deciding whether it 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -31,14 +30,6 @@ from detbench import atomic
 FORMAT = "detbench-final-evaluation-v1"
 
 log = logging.getLogger("detbench.evaluation.final_evaluation")
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def evaluation_key(
@@ -54,8 +45,8 @@ def evaluation_key(
         "split": split,
         "evaluate": dict(settings),
         "train": dict(hyp),
-        "manifest_sha256": file_sha256(manifest_path),
-        "weights_sha256": file_sha256(weights_path),
+        "manifest_sha256": atomic.sha256_file(manifest_path),
+        "weights_sha256": atomic.sha256_file(weights_path),
     }
     # As the file will read back (tuples become lists), so that equal keys compare equal.
     return json.loads(json.dumps(key))
