@@ -19,13 +19,17 @@ Standard library only: the evaluate job imports this before deciding whether it 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detbench import atomic
+
+if TYPE_CHECKING:  # names only: this module keeps to the standard library (config imports yaml)
+    from detbench.study.config import EvalSettings, TrainHyperparameters
 
 FORMAT = "detbench-final-evaluation-v1"
 
@@ -34,17 +38,17 @@ log = logging.getLogger("detbench.evaluation.final_evaluation")
 
 def evaluation_key(
     split: str,
-    settings: Mapping[str, Any],
-    hyp: Mapping[str, Any],
+    settings: EvalSettings,
+    hyp: TrainHyperparameters,
     manifest_path: str | Path,
     weights_path: str | Path,
 ) -> dict[str, Any]:
-    """Everything an evaluation of ``weights_path`` depends on. ``settings`` and ``hyp``: the
-    EvalSettings and TrainHyperparameters as dicts (dataclasses.asdict)."""
+    """Everything an evaluation of ``weights_path`` on ``split`` depends on: the one builder of
+    the key, for the train job that saves its evaluation and the evaluate job that reuses it."""
     key = {
         "split": split,
-        "evaluate": dict(settings),
-        "train": dict(hyp),
+        "evaluate": dataclasses.asdict(settings),
+        "train": dataclasses.asdict(hyp),
         "manifest_sha256": atomic.sha256_file(manifest_path),
         "weights_sha256": atomic.sha256_file(weights_path),
     }
