@@ -1,5 +1,5 @@
 """COCO JSON for pycocotools, to check detbench's metrics against the reference: the ground
-truth as a COCO instances file, and detections rounded as a COCO results file rounds them.
+truth as a COCO instances file.
 
 Only the benchmarks and the tests need these (the evaluate job writes results JSON with
 detbench.evaluation.metrics.to_coco_results); the tests import this module from benchmarks/.
@@ -12,18 +12,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from detbench.evaluation.metrics import (
-    COCO_BOX_DECIMALS,
-    COCO_SCORE_DECIMALS,
-    ImageDetections,
-    ImageGroundTruth,
-    coco_image_ids,
-    xyxy_to_xywh,
-)
+from detbench.evaluation.metrics import ImageGroundTruth, coco_image_ids, xyxy_to_xywh
 
 
 def to_coco_ground_truth(
@@ -61,20 +52,3 @@ def to_coco_ground_truth(
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(class_names)]
     return {"images": images, "annotations": annotations, "categories": categories}
 
-
-def rounded_as_in_coco_results(
-    detections: Mapping[str, ImageDetections],
-) -> dict[str, ImageDetections]:
-    """The detections with boxes and scores rounded to the decimals a COCO results JSON keeps.
-
-    Score them this way to compare with COCOeval reading that JSON: rounding makes ties among
-    many low scores, and ties rank differently from the unrounded order.
-    """
-    return {
-        image_id: ImageDetections(
-            np.round(dets.boxes, COCO_BOX_DECIMALS),
-            np.round(dets.scores, COCO_SCORE_DECIMALS),
-            dets.classes,
-        )
-        for image_id, dets in detections.items()
-    }

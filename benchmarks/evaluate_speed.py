@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from coco_reference import rounded_as_in_coco_results, to_coco_ground_truth
+from coco_reference import to_coco_ground_truth
 from common import description, environment, prepare_data, print_table, work_dir, write_json
 
 from detbench.data.dataset import DatasetManifest, DetectionDataset
@@ -81,11 +81,7 @@ def main() -> None:
     hyp = TrainHyperparameters()
     detections, _, predict_seconds = predict_split(model, dataset, EvalSettings(), hyp, device)
     ground_truth = {r.id: ImageGroundTruth(r.boxes_xyxy(), r.classes) for r in records}
-    # Both scorers get the detections as the COCO results JSON carries them: the ties that
-    # rounding makes must rank alike in both.
-    found = rounded_as_in_coco_results(
-        {k: ImageDetections(d.boxes, d.scores, d.classes) for k, d in detections.items()}
-    )
+    found = {k: ImageDetections(d.boxes, d.scores, d.classes) for k, d in detections.items()}
     start = time.perf_counter()
     metrics = evaluate_detections(ground_truth, found, manifest.class_names)
     ours_seconds = time.perf_counter() - start

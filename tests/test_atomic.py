@@ -1,8 +1,10 @@
-"""src/detbench/atomic.py: outputs appear whole, with the permissions the umask gives."""
+"""src/detbench/atomic.py: outputs appear whole, with the permissions the umask gives; the
+file hash."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import stat
 from collections.abc import Iterator
@@ -73,3 +75,12 @@ def test_a_taken_temporary_name_is_skipped(tmp_path: Path, monkeypatch: pytest.M
     atomic.write_text(tmp_path / "out.txt", "mine\n")
     assert (tmp_path / "out.txt").read_text() == "mine\n"
     assert (tmp_path / ".out.txt.aaaaaaaaaaaa.tmp").read_text() == "another writer\n"
+
+
+def test_sha256_file_reads_in_chunks_and_hashes_every_byte(tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    path = tmp_path / "x.bin"
+    path.write_bytes(data)
+    expected = hashlib.sha256(data).hexdigest()
+    assert atomic.sha256_file(path) == expected
+    assert atomic.sha256_file(path, chunk_size=7) == expected

@@ -15,7 +15,6 @@ from detbench.data.download import (
     download,
     download_range,
     fetch_tail,
-    sha256_file,
 )
 from detbench.errors import DetbenchError
 
@@ -31,13 +30,6 @@ def _fetch(url: str, dest: Path, **kwargs: object) -> Path:
 
 def _part(dest: Path) -> Path:
     return dest.with_suffix(dest.suffix + ".part")
-
-
-def test_sha256_file(tmp_path: Path) -> None:
-    path = tmp_path / "x.bin"
-    path.write_bytes(DATA)
-    assert sha256_file(path) == SHA
-    assert sha256_file(path, chunk_size=7) == SHA
 
 
 def test_good_file_with_sha256_and_size(http_server: LocalHTTPServer, tmp_path: Path) -> None:

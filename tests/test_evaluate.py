@@ -241,3 +241,62 @@ def test_unknown_split_is_a_one_line_error(
             tmp_path / "m.json",
             tmp_path / "d.json",
         )
+
+
+@pytest.mark.usefixtures("torch_threads")
+def test_cocoeval_on_detections_json_gives_metrics_json(tmp_path: Path) -> None:
+    """pycocotools' COCOeval reading a cell's detections.json scores exactly what metrics.json
+    reports. A cell trained one epoch is the hard case: its many low scores lie close together
+    (rounded, they would tie and rank otherwise) and its boxes sit near the IoU thresholds."""
+    coco_module = pytest.importorskip("pycocotools.coco")
+    cocoeval_module = pytest.importorskip("pycocotools.cocoeval")
+    from coco_reference import to_coco_ground_truth
+
+    from detbench.data.synthetic import generate_synthetic_voc
+    from detbench.data.voc import convert_voc_to_yolo
+    from detbench.evaluation.metrics import ImageGroundTruth
+    from detbench.study.config import TrainSettings
+    from detbench.training.train import train
+
+    # 16 test images: with the usual 4, a one-epoch model places no box well enough.
+    classes = ["RBC", "WBC", "Platelets"]
+    generate_synthetic_voc(
+        tmp_path / "voc", num_images={"train": 8, "test": 16}, image_size=(128, 96), seed=0
+    )
+    convert_voc_to_yolo(
+        tmp_path / "voc", tmp_path / "yolo", class_names=classes, splits=["train", "test"],
+        dataset_name="synthetic-16",
+    )
+    manifest = tmp_path / "yolo" / "manifest.json"
+    # No EMA and no warm-up: the evaluated weights are the trained ones, which place a few
+    # boxes on objects (an untrained model's mAP is 0 both ways and would prove nothing).
+    hyp = TrainHyperparameters(workers=0, ema=False, warmup_epochs=0)
+    settings = TrainSettings("yolov3-tiny", batch=4, epochs=1, img_size=64, seed=0, hyp=hyp)
+    outputs = TrainOutputs.in_folder(tmp_path / "cell")
+    train(settings, manifest, outputs, threads=1)
+    evaluation = EvalSettings()
+    metrics_path, detections_path = tmp_path / "metrics.json", tmp_path / "detections.json"
+    evaluate_cell(
+        outputs.weights, manifest, "test", evaluation, hyp, metrics_path,
+        detections_path, cell=CELL, threads=1,
+    )
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))["metrics"]
+    assert metrics["map50"] > 0 and metrics["map50_95"] > 0, metrics
+
+    records = DatasetManifest.load(manifest).records("test")
+    coco = coco_module.COCO()
+    coco.dataset = to_coco_ground_truth(
+        {r.id: ImageGroundTruth(boxes=r.boxes_xyxy(), classes=r.classes) for r in records},
+        classes,
+        {r.id: (r.width, r.height) for r in records},
+    )
+    coco.createIndex()
+    evaluator = cocoeval_module.COCOeval(coco, coco.loadRes(str(detections_path)), "bbox")
+    evaluator.params.maxDets = [1, 10, evaluation.max_detections]
+    evaluator.evaluate()
+    evaluator.accumulate()
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # (IoU, recall, class), area all
+    map50 = float(precision[0][precision[0] > -1].mean())
+    map50_95 = float(precision[precision > -1].mean())
+    assert metrics["map50"] == pytest.approx(map50, rel=0, abs=1e-9)
+    assert metrics["map50_95"] == pytest.approx(map50_95, rel=0, abs=1e-9)

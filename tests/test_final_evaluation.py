@@ -41,9 +41,7 @@ def _train(manifest: Path, folder: Path, eval_interval: int) -> TrainOutputs:
 def _key(outputs: TrainOutputs, manifest: Path, settings: EvalSettings, eval_interval: int):
     """The key the evaluate job computes from its params (workflow/scripts/evaluate.py)."""
     hyp = TrainHyperparameters(workers=0, eval_interval_epochs=eval_interval)
-    return final_evaluation.evaluation_key(
-        "val", dataclasses.asdict(settings), dataclasses.asdict(hyp), manifest, outputs.weights
-    )
+    return final_evaluation.evaluation_key("val", settings, hyp, manifest, outputs.weights)
 
 
 def _standalone(outputs: TrainOutputs, manifest: Path, settings: EvalSettings, folder: Path,
@@ -118,9 +116,10 @@ def test_a_changed_weights_file_changes_the_key(tmp_path: Path) -> None:
     manifest, weights = tmp_path / "manifest.json", tmp_path / "weights.pt"
     manifest.write_text("{}", encoding="utf-8")
     weights.write_bytes(b"weights")
-    before = final_evaluation.evaluation_key("test", {}, {}, manifest, weights)
+    settings, hyp = EvalSettings(), TrainHyperparameters()
+    before = final_evaluation.evaluation_key("test", settings, hyp, manifest, weights)
     weights.write_bytes(b"retrained")
-    assert final_evaluation.evaluation_key("test", {}, {}, manifest, weights) != before
+    assert final_evaluation.evaluation_key("test", settings, hyp, manifest, weights) != before
 
 
 def test_reusing_imports_no_torch(tmp_path: Path) -> None:

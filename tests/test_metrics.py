@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from coco_reference import rounded_as_in_coco_results, to_coco_ground_truth
+from coco_reference import to_coco_ground_truth
 
 from detbench.data.dataset import DatasetManifest, DetectionDataset
 from detbench.data.prepare import convert_dataset, prepare_voc_dataset
@@ -228,9 +228,10 @@ def test_coco_json_helpers() -> None:
     results = to_coco_results(
         {"b_img": det([[1.23456, 2, 3.5, 4]], [0.1234567], [0])}, coco_image_ids(truth)
     )
-    assert results == [
-        {"image_id": 2, "category_id": 1, "bbox": [1.235, 2.0, 2.265, 2.0], "score": 0.12346}
-    ]
+    # Every digit kept, through JSON too: COCOeval reading the file scores these very values.
+    expected = {"image_id": 2, "category_id": 1, "bbox": [1.23456, 2.0, 3.5 - 1.23456, 2.0]}
+    assert results == [{**expected, "score": 0.1234567}]
+    assert json.loads(json.dumps(results)) == results
     json.dumps(coco, allow_nan=False)
     with pytest.raises(ValueError, match="no image size"):
         to_coco_ground_truth(truth, ["x", "y"], {"a_img": (1, 1)})
@@ -274,7 +275,8 @@ def pycocotools_reference(
 
 
 def grid(values: np.ndarray) -> np.ndarray:
-    """Snap to 1/8 pixel: exact in binary, so COCO's 3-decimal rounding leaves boxes unchanged."""
+    """Snap to 1/8 pixel: exact in binary, so equal IoUs and IoUs exactly at a threshold are
+    common (the ties the matching must break as pycocotools does)."""
     return np.round(np.asarray(values) * 8) / 8
 
 
@@ -427,17 +429,13 @@ def test_agrees_with_pycocotools_on_real_bccd_detections(bccd_dir: Path, tmp_pat
         amp=False,
     )
     truth = {r.id: ImageGroundTruth(r.boxes_xyxy(), r.classes) for r in records}
-    # As the COCO results JSON carries them: COCOeval reads that file, and the ties the
-    # rounding makes must rank the same in both.
-    dets = rounded_as_in_coco_results(
-        {k: ImageDetections(d.boxes, d.scores, d.classes) for k, d in found.items()}
-    )
+    dets = {k: ImageDetections(d.boxes, d.scores, d.classes) for k, d in found.items()}
     assert sum(len(d.scores) for d in dets.values()) > 20 * len(records)
 
     ours = evaluate_detections(truth, dets, class_names)
     map50, map50_95, per_class, _ = pycocotools_reference(truth, dets, class_names, 100)
-    assert ours.map50 == pytest.approx(map50, abs=1e-3)
-    assert ours.map50_95 == pytest.approx(map50_95, abs=1e-3)
+    assert ours.map50 == pytest.approx(map50, abs=1e-9)
+    assert ours.map50_95 == pytest.approx(map50_95, abs=1e-9)
     for mine, reference in zip(ours.per_class, per_class, strict=True):
         assert reference is not None
-        assert (mine.ap50, mine.ap50_95) == pytest.approx(reference, abs=1e-3)
+        assert (mine.ap50, mine.ap50_95) == pytest.approx(reference, abs=1e-9)

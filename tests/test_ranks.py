@@ -19,11 +19,12 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from rank_kill import kill_rank_after_epoch
 
 from detbench.data.loader import EpochBatchSampler
 from detbench.errors import DetbenchError
 from detbench.study.config import load_config_file, validate_config
-from detbench.training.distributed import KILL_RANK_ENV, RankEnv
+from detbench.training.distributed import RankEnv
 from detbench.training.launch import describe_failures
 
 # --------------------------------------------------------------------------- config
@@ -242,7 +243,8 @@ def test_a_killed_rank_fails_the_job_in_one_line_and_the_rerun_resumes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with monkeypatch.context() as patch:
-        patch.setenv(KILL_RANK_ENV, "1:2")
+        for name, value in kill_rank_after_epoch(1, 2).items():
+            patch.setenv(name, value)
         killed = _run_cell(snakemake, workflow_copy, tiny_config, 2)
     assert killed.returncode != 0, killed.describe()
     lines = [line for line in killed.output.splitlines() if "training on 2 ranks failed" in line]

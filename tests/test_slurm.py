@@ -30,9 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from rank_kill import kill_rank_after_epoch
 from slurm_cluster import SlurmBusy, SlurmCluster, running_slurm, skip_reason
-
-from detbench.training.distributed import KILL_RANK_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -380,7 +379,7 @@ def test_a_rank_killed_under_srun_fails_the_job_in_one_line_and_the_rerun_resume
     workdir = workflow_copier(tmp_path / "workflow")
     cell = f"results/{PLATFORM}/yolov3-tiny/b4_e20"
     log = tmp_path / "killed.log"
-    returncode, _ = _run_two_ranks(workdir, cell, log, env={KILL_RANK_ENV: "1:2"})
+    returncode, _ = _run_two_ranks(workdir, cell, log, env=kill_rank_after_epoch(1, 2))
     assert returncode != 0, tail(log)
     train_log = (workdir / cell / "logs" / "train.log").read_text(encoding="utf-8")
     lines = [line for line in train_log.splitlines() if "training on 2 ranks (srun) failed" in line]

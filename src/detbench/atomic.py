@@ -4,11 +4,15 @@ Everything is written to a temporary sibling first and renamed into place (``os.
 atomic on POSIX within one file system). The temporary file or folder is created with the
 permissions the umask gives (0644 and 0755 under umask 022), not tempfile's private 0600/0700:
 results on a cluster's shared group file system must be readable by colleagues.
+
+Also here, as the check that goes with writing files: ``sha256_file``, the one file hash
+(checkpoints, the final-evaluation key, downloads).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -17,6 +21,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+# Bytes read at a time when hashing: large files (archives of several GB) never fill memory.
+HASH_CHUNK_SIZE = 1 << 20
 # Tries at a fresh random name before giving up (a clash needs another writer of the same file).
 _NAME_ATTEMPTS = 100
 _Created = TypeVar("_Created")
@@ -109,3 +115,12 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def sha256_file(path: str | os.PathLike[str], chunk_size: int = HASH_CHUNK_SIZE) -> str:
+    """Hex sha256 of a file's bytes, read ``chunk_size`` bytes at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,6 +1,5 @@
 """Rule evaluate: metrics of one trained cell on the held-out split."""
 
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -22,14 +21,12 @@ def main() -> None:
     hyp = TrainHyperparameters.from_dict(with_runtime_keys(config["train"], snakemake.config))
     manifest = Path(snakemake.input.dataset) / "manifest.json"
     weights = Path(snakemake.input.weights)
-    key = final_evaluation.evaluation_key(
-        split, dataclasses.asdict(settings), dataclasses.asdict(hyp), manifest, weights
-    )
+    key = final_evaluation.evaluation_key(split, settings, hyp, manifest, weights)
     output, cell = snakemake.output, cell_of(snakemake.output.metrics)
     saved = weights.with_name(FINAL_EVALUATION)
     if final_evaluation.reuse(saved, key, output.metrics, output.detections, cell):
         return
-    # Imported only now: torch and the model are what reusing the train job's result saves.
+    # Imported only here: torch and the model are what reusing the train job's result saves.
     from detbench.evaluation.evaluate import evaluate_cell
 
     evaluate_cell(

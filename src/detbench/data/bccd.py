@@ -18,8 +18,8 @@ import zlib
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
-from detbench.atomic import atomic_directory
-from detbench.data.download import CHUNK_SIZE, download, sha256_file
+from detbench.atomic import atomic_directory, sha256_file
+from detbench.data.download import CHUNK_SIZE, download
 from detbench.errors import DetbenchError
 
 BCCD_COMMIT = "d272fb14cdff6e473fafeeeba32aba5f560e9e43"

@@ -13,7 +13,6 @@ Standard library only (``urllib``): the few features needed here do not justify 
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import logging
 import os
@@ -30,6 +29,7 @@ from typing import BinaryIO, TypeVar
 from tqdm import tqdm
 
 from detbench import __version__
+from detbench.atomic import sha256_file
 from detbench.errors import DetbenchError
 
 logger = logging.getLogger(__name__)
@@ -70,15 +70,6 @@ class _Window:
     start: int = 0
     size: int | None = None
     ranged: bool = False
-
-
-def sha256_file(path: str | os.PathLike[str], chunk_size: int = CHUNK_SIZE) -> str:
-    """Hex sha256 of a file, read in chunks so multi-GB archives don't fill memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def download(

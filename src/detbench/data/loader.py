@@ -24,9 +24,9 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
 
     One sampler for all of a job's epochs, so that one DataLoader iterator runs through them:
     the workers start on the next epoch while the current one ends, instead of the prefetch
-    starting empty at every epoch (one worker building a whole batch first: ~0.17 s per epoch
-    at batch 32 on an H100 node). The epoch travels with every index, so the workers augment
-    each sample the same way whatever their number.
+    starting empty at every epoch (one worker building a whole batch first; figures:
+    benchmarks/RESULTS.md, "Real loop against bare step"). The epoch travels with every index,
+    so the workers augment each sample the same way whatever their number.
 
     With ``ranks`` > 1 (DistributedDataParallel), every rank draws the same global order and
     keeps its share of each global batch, images ``rank, rank + ranks, ...`` of it: the ranks'

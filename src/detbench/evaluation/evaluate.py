@@ -232,9 +232,7 @@ def save_final_evaluation(
     """The train job's evaluation of its final weights, for the evaluate job to reuse (see
     detbench.evaluation.final_evaluation)."""
     result, coco_results = cell_results(evaluation, dataset, manifest, split, settings, device)
-    key = final_evaluation.evaluation_key(
-        split, dataclasses.asdict(settings), dataclasses.asdict(hyp), manifest.path, weights_path
-    )
+    key = final_evaluation.evaluation_key(split, settings, hyp, manifest.path, weights_path)
     final_evaluation.save(path, key, result, coco_results)
 
 

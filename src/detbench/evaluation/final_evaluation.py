@@ -9,7 +9,7 @@ hyperparameters (loss gains, device, precision), the dataset manifest's and the 
 SHA-256. The evaluate job computes the same key from its own params and, when the two agree,
 copies the result instead of importing torch, building the model and decoding the split again.
 Any difference (other ``evaluate:`` settings, retrained weights, a changed dataset) and it
-evaluates the weights itself, as it always did.
+evaluates the weights itself.
 
 The file is no declared output of the train rule: cells trained before it existed would
 otherwise be retrained. A stale one is harmless, since its key names the weights it scored.
@@ -19,43 +19,38 @@ Standard library only: the evaluate job imports this before deciding whether it 
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detbench import atomic
+
+if TYPE_CHECKING:  # names only: this module keeps to the standard library (config imports yaml)
+    from detbench.study.config import EvalSettings, TrainHyperparameters
 
 FORMAT = "detbench-final-evaluation-v1"
 
 log = logging.getLogger("detbench.evaluation.final_evaluation")
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def evaluation_key(
     split: str,
-    settings: Mapping[str, Any],
-    hyp: Mapping[str, Any],
+    settings: EvalSettings,
+    hyp: TrainHyperparameters,
     manifest_path: str | Path,
     weights_path: str | Path,
 ) -> dict[str, Any]:
-    """Everything an evaluation of ``weights_path`` depends on. ``settings`` and ``hyp``: the
-    EvalSettings and TrainHyperparameters as dicts (dataclasses.asdict)."""
+    """Everything an evaluation of ``weights_path`` on ``split`` depends on: the one builder of
+    the key, for the train job that saves its evaluation and the evaluate job that reuses it."""
     key = {
         "split": split,
-        "evaluate": dict(settings),
-        "train": dict(hyp),
-        "manifest_sha256": file_sha256(manifest_path),
-        "weights_sha256": file_sha256(weights_path),
+        "evaluate": dataclasses.asdict(settings),
+        "train": dataclasses.asdict(hyp),
+        "manifest_sha256": atomic.sha256_file(manifest_path),
+        "weights_sha256": atomic.sha256_file(weights_path),
     }
     # As the file will read back (tuples become lists), so that equal keys compare equal.
     return json.loads(json.dumps(key))

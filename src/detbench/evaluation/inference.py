@@ -80,8 +80,8 @@ def non_max_suppression(
 
     ``decoded``: (B, N, 5 + nc) rows of cx, cy, w, h (px), objectness, class probabilities.
     """
-    # Imported here, not at the top: torchvision's import (~170 MB resident, ~1 s) is only
-    # needed where detections are made, and train jobs never make any.
+    # Imported here, not at the top: torchvision's import costs memory and start-up time and
+    # is only needed where detections are made, and train jobs never make any.
     import torchvision
 
     results = []

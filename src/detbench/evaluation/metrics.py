@@ -474,15 +474,13 @@ def coco_image_ids(image_ids: Iterable[str]) -> dict[str, int]:
     return {image_id: index + 1 for index, image_id in enumerate(sorted(image_ids))}
 
 
-# The precision detections keep in a COCO results JSON.
-COCO_BOX_DECIMALS = 3
-COCO_SCORE_DECIMALS = 5
-
-
 def to_coco_results(
     detections: Mapping[str, ImageDetections], image_id_map: Mapping[str, int]
 ) -> list[dict[str, Any]]:
-    """COCO results JSON (bbox xywh rounded to 3 decimals, score to 5), in input order."""
+    """COCO results JSON (bbox xywh, score), in input order. Values keep every digit (JSON
+    writes the shortest text that reads back as the same float): COCOeval on the file then
+    scores what evaluate_detections scored, since rounding would tie low scores and move boxes
+    across IoU thresholds."""
     results = []
     for image_id, dets in detections.items():
         if image_id not in image_id_map:
@@ -498,8 +496,8 @@ def to_coco_results(
                 {
                     "image_id": coco_id,
                     "category_id": cls + 1,
-                    "bbox": [round(v, COCO_BOX_DECIMALS) for v in box],
-                    "score": round(score, COCO_SCORE_DECIMALS),
+                    "bbox": box,
+                    "score": score,
                 }
             )
     return results

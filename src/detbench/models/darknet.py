@@ -204,10 +204,10 @@ class ConvBlock(nn.Module):
 class MaxPoolKeepingNoIndices(torch.autograd.Function):
     """``F.max_pool2d`` (no padding) that keeps only its input for backward, where it
     recomputes the argmax, instead of also keeping int64 indices: twice the bytes of an fp32
-    output, 91 MB per yolov3-tiny batch of 8 at 416 px. The input is kept either way (by the
-    in-place LeakyReLU before the pool, or by the padding), and the same kernels run, so output
-    and gradient are bit-identical (tested). Used in training on the CPU, where it keeps a train
-    job under 1.5 GB (benchmarks/RESULTS.md); on a GPU the memory is plentiful and the
+    output. The input is kept either way (by the in-place LeakyReLU before the pool, or by the
+    padding), and the same kernels run, so output and gradient are bit-identical (tested).
+    Used in training on the CPU, where a train job's peak memory is the limit
+    (benchmarks/RESULTS.md, "Memory of a train job"); on a GPU the memory is plentiful and the
     recomputation would cost time.
     """
 

@@ -40,7 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from detbench.data.download import download, sha256_file
+from detbench.atomic import sha256_file
+from detbench.data.download import download
 from detbench.errors import DetbenchError
 from detbench.models.darknet import YOLO
 from detbench.models.darknet_files import (

@@ -15,7 +15,8 @@ Definitions (written into run.json beside the figures, see :data:`DEFINITIONS`):
   descendants (same samples), at least max RSS. Pages a forked worker shares with its parent
   (torch's libraries, the dataset cache) count once per process, as `ps` counts them, so this is
   an upper bound of the tree's memory. The proportional figure (PSS, /proc/<pid>/smaps_rollup)
-  would be exact but costs ~20 ms a read per process of 700 MB: too much for a light sampler.
+  would be exact, but reading it walks every mapping of the process: too slow for a light
+  sampler (benchmarks/RESULTS.md, "Figures moved from code comments").
 
 The window normally starts at the process's start, like time -v's: interpreter start-up and
 imports count, as they did in the 2020 study. Only the first monitor of a process can claim that

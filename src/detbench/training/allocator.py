@@ -2,10 +2,10 @@
 
 With glibc's defaults, the activations a training step frees stay in the process's heap
 (glibc raises its mmap threshold as large blocks are freed, then serves them from the heap),
-fragmented: yolov3-tiny at batch 8 and 416 px peaks at 1.56 GiB resident while about 0.9 GiB
-is live. Blocks of 4 MiB and more mmap'd on their own, and returned when freed, bring the peak
-to 1.32 GiB; backing those mappings with transparent huge pages keeps the page faults, and the
-cost, small (+6% step time instead of +33%; benchmarks/RESULTS.md, "Memory of a train job").
+fragmented, so the peak resident memory lies well above the live memory. Blocks of 4 MiB and
+more mmap'd on their own, and returned when freed, bring the peak down to near the live
+memory; backing those mappings with transparent huge pages keeps the page faults, and so the
+cost in step time, small (figures: benchmarks/RESULTS.md, "Memory of a train job").
 
 glibc reads these settings once, at start-up, so a train job that will run on the CPU restarts
 itself with them before it imports anything heavy (``restart_with_lean_allocator``).

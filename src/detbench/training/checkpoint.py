@@ -10,7 +10,6 @@ written.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import random
 import signal
@@ -60,19 +59,11 @@ def save_checkpoint(resume_dir: Path, state: dict[str, Any]) -> None:
     """Write the state atomically, with its sha256 beside it, and keep the last two."""
     path = _checkpoint_path(resume_dir, state["epoch"])
     atomic.torch_save(state, path)
-    atomic.write_text(path.with_suffix(".sha256"), _sha256(path) + "\n")
+    atomic.write_text(path.with_suffix(".sha256"), atomic.sha256_file(path) + "\n")
     checkpoints = sorted(resume_dir.glob("epoch-*.pt"))
     for old in checkpoints[:-CHECKPOINTS_KEPT]:
         old.unlink(missing_ok=True)
         old.with_suffix(".sha256").unlink(missing_ok=True)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_latest_checkpoint(resume_dir: Path, fingerprint: str) -> dict[str, Any] | None:
@@ -87,7 +78,7 @@ def load_latest_checkpoint(resume_dir: Path, fingerprint: str) -> dict[str, Any]
             if not recorded.exists():
                 log.warning("checkpoint %s has no sha256 recorded; trying an older one", path)
                 continue
-            if recorded.read_text().strip() != _sha256(path):
+            if recorded.read_text().strip() != atomic.sha256_file(path):
                 log.warning("checkpoint %s is damaged (sha256 mismatch); trying an older one", path)
                 continue
             state = torch.load(path, map_location="cpu", weights_only=False)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import socket
 import subprocess
 from collections.abc import Mapping
@@ -32,10 +31,6 @@ from torch import distributed as dist
 from torch import nn
 
 from detbench.errors import DetbenchError
-
-# Test hook: "RANK:EPOCH" makes that rank kill itself (SIGKILL) once that 1-based epoch has
-# ended and any checkpoint due after it is written, as a crashed rank would die.
-KILL_RANK_ENV = "DETBENCH_TEST_KILL_RANK_AFTER_EPOCH"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,15 +167,6 @@ def agree(flag: bool) -> bool:
 def barrier() -> None:
     if active():
         dist.barrier()
-
-
-def after_epoch(epoch: int) -> None:
-    """The test hook (KILL_RANK_ENV): this rank dies here if asked to."""
-    target = os.environ.get(KILL_RANK_ENV)
-    if active() and target:
-        kill_rank, kill_epoch = (int(part) for part in target.split(":"))
-        if kill_rank == rank() and kill_epoch == epoch + 1:
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def shard() -> tuple[int, int]:

@@ -5,10 +5,10 @@ EagerSGD is SGD without the import of torch._dynamo that torch.optim brings into
 
 torch.optim.Optimizer wraps ``add_param_group``, ``zero_grad``, ``state_dict`` and
 ``load_state_dict`` in ``torch._disable_dynamo`` and each optimizer's ``step`` in
-``_use_grad_for_differentiable``; both import ``torch._dynamo`` when first called (about 900
-modules: sympy, triton, torch.distributed, inductor). A train job that never compiles pays for
-it in start-up time (1.0 s on 2 CPU cores) and resident memory (0.12-0.15 GiB of the CPU train
-job's 1.7 GiB peak; benchmarks/RESULTS.md, "Memory of a train job"). Outside torch.compile the
+``_use_grad_for_differentiable``; both import ``torch._dynamo`` when first called (the
+compiler stack: sympy, triton, torch.distributed, inductor). A train job that never compiles
+would pay for it in start-up time and resident memory (figures: benchmarks/RESULTS.md,
+"Memory of a train job"). Outside torch.compile the
 wrappers only call the function they wrap, ``step`` with gradients off, so calling the wrapped
 functions directly computes exactly the same (tested bit for bit against torch.optim.SGD).
 """

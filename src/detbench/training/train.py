@@ -178,7 +178,6 @@ def train(
                         checkpoint = state.checkpoint(fingerprint, monitor.checkpoint_state())
                         save_checkpoint(outputs.resume_dir, checkpoint)
                     distributed.barrier()
-            distributed.after_epoch(epoch)
 
         # The other ranks end here; rank 0 writes every file, with where each rank ran.
         rank_entries = distributed.gather_ranks(device, monitor, loader, outputs.record)
