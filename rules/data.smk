@@ -46,7 +46,7 @@ rule convert:
         "../workflow/scripts/convert.py"
 
 
-# Only when dataset.image_cache resolves to disk (detbench.study.cache_plan.image_cache_mode): each
+# Only when dataset.image_cache resolves to disk (detbench.data.cache_plan.image_cache_mode): each
 # split's images decoded once at the study's img_size, read by every train, evaluate and
 # profile job instead of decoding them again (their inputs: common.smk's image_caches).
 rule image_cache:

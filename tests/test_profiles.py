@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -235,3 +236,27 @@ def test_colab_notebook_is_valid_and_runs_the_local_profile() -> None:
         if cell.cell_type == "code":
             python = re.sub(r"^(\s*)[!%].*$", r"\1pass", cell.source, flags=re.MULTILINE)
             compile(python, f"colab.ipynb cell {cell.get('id')}", "exec")
+
+
+# --------------------------------------------------------------------------- profiles/default
+
+
+def test_a_plain_snakemake_target_runs_without_cores(
+    tmp_path: Path, workflow_copier: Callable[[Path], Path], tiny_config: Path
+) -> None:
+    """`snakemake results/summary.csv` as the docs write it: the workflow profile gives the
+    cores Snakemake 9 otherwise refuses to run without."""
+    workdir = workflow_copier(tmp_path / "workflow")
+    shutil.copytree(REPO / "profiles" / "default", workdir / "profiles" / "default")
+    target = "results/datasets/synthetic-tiny/voc"
+    command = [sys.executable, "-m", "snakemake", target, "--configfile", str(tiny_config)]
+    done = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (workdir / target / "ImageSets" / "Main" / "train.txt").is_file()
+
+    shutil.rmtree(workdir / "profiles")
+    refused = subprocess.run(
+        [*command, "--forceall"], cwd=workdir, capture_output=True, text=True, timeout=300
+    )
+    assert refused.returncode != 0
+    assert "cores have to be specified" in refused.stdout + refused.stderr
