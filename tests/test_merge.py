@@ -1,0 +1,294 @@
+"""Merged datasets (dataset.source: merge): a synthetic blood-cell part and a COCO-like part
+served by the local test server, merged into one label space; bad parts; per-part metrics of a
+tiny joint cell equal to evaluating each part alone with the same weights."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from http_server import LocalHTTPServer, http_server_fixture  # noqa: F401 (fixture)
+
+from detbench.data.coco import COCO_CATEGORY_IDS, COCO_CLASSES
+from detbench.data.manifest import DatasetManifest
+from detbench.data.merge import merged_class_names
+from detbench.data.prepare import check_source, convert_dataset, prepare_voc_dataset
+from detbench.data.synthetic import generate_synthetic_voc
+from detbench.errors import DetbenchError
+from detbench.study.config import validate_config
+
+BLOOD = ["RBC", "WBC", "Platelets"]
+# id -> (width, height, [(category id, x, y, w, h)]): people and cars as flat rectangles.
+COCO_TRAIN = {
+    9: (96, 72, [(1, 10, 8, 30, 50), (3, 50, 40, 40, 20)]),
+    25: (96, 72, [(1, 60, 10, 24, 50)]),
+    30: (80, 64, [(3, 8, 30, 50, 24)]),
+    42: (80, 64, [(1, 30, 4, 20, 50)]),  # past max_images: never fetched
+}
+COCO_VAL = {
+    139: (96, 72, [(1, 40, 6, 28, 56), (3, 4, 44, 40, 20)]),
+    285: (80, 64, [(3, 20, 20, 44, 24)]),
+}
+COLOURS = {1: (40, 160, 40), 3: (30, 30, 200)}
+
+
+def _jpeg(width: int, height: int, boxes: list[tuple[int, ...]], seed: int) -> bytes:
+    image = np.random.default_rng(seed).integers(100, 160, (height, width, 3), dtype=np.uint8)
+    for category, x, y, w, h in boxes:
+        cv2.rectangle(image, (x, y), (x + w - 1, y + h - 1), COLOURS[category], thickness=-1)
+    ok, encoded = cv2.imencode(".jpg", image)
+    assert ok
+    return encoded.tobytes()
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _instances(images: dict[int, tuple]) -> bytes:
+    categories = [
+        {"id": cid, "name": name} for cid, name in zip(COCO_CATEGORY_IDS, COCO_CLASSES, strict=True)
+    ]
+    annotations = [
+        {"id": 1000 * i + k, "image_id": i, "category_id": c, "bbox": [x, y, w, h], "iscrowd": 0}
+        for i, (_, _, boxes) in images.items()
+        for k, (c, x, y, w, h) in enumerate(boxes)
+    ]
+    listed = [
+        {"id": i, "file_name": f"{i:012d}.jpg", "width": w, "height": h}
+        for i, (w, h, _) in images.items()
+    ]
+    data = {"images": listed, "annotations": annotations, "categories": categories}
+    return json.dumps(data).encode()
+
+
+def serve_coco_like(server: LocalHTTPServer) -> str:
+    """A COCO 2017 look-alike (train2017 and val2017) on the local server; its base URL."""
+    annotations = {
+        "annotations/instances_train2017.json": _instances(COCO_TRAIN),
+        "annotations/instances_val2017.json": _instances(COCO_VAL),
+    }
+    server.add("/annotations/annotations_trainval2017.zip", _zip(annotations))
+    for split, images in (("train2017", COCO_TRAIN), ("val2017", COCO_VAL)):
+        members = {
+            f"{split}/{i:012d}.jpg": _jpeg(w, h, boxes, seed=i)
+            for i, (w, h, boxes) in images.items()
+        }
+        server.add(f"/zips/{split}.zip", _zip(members))
+    return server.base_url
+
+
+def merged_config(coco_url: str, blood_part: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A validated study config whose dataset merges a COCO-like part and a blood-cell part."""
+    blood = blood_part or {
+        "name": "blood",
+        "source": "synthetic",
+        "classes": BLOOD,
+        "train_split": "train",
+        "eval_split": "test",
+        "synthetic": {"train": 6, "val": 2, "test": 3, "width": 128, "height": 96},
+    }
+    text = f"""
+platform: joint-test
+dataset:
+  name: joint
+  source: merge
+  train_split: train
+  eval_split: test
+  parts:
+    - name: coco
+      source: coco
+      coco_url: {coco_url}
+      train_split: train2017
+      eval_split: val2017
+      max_images: 3
+models: {{yolov3-tiny: {{weights: scratch}}}}
+batch_sizes: [3]
+epochs: [1]
+img_size: 64
+"""
+    config = yaml.safe_load(text)
+    config["dataset"]["parts"].append(blood)
+    return validate_config(config, source="test")
+
+
+def build(dataset: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Both data stages, as the workflow runs them: download (voc) then convert (yolo)."""
+    check_source(dataset, "test")
+    prepare_voc_dataset(dataset, root / "voc", seed=0)
+    return convert_dataset(dataset, root / "voc", root / "yolo")
+
+
+@pytest.fixture(scope="module")
+def merged(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    """The merged dataset (manifest, folder), the COCO part fetched from a local server."""
+    server = LocalHTTPServer()
+    try:
+        config = merged_config(serve_coco_like(server))
+        root = tmp_path_factory.mktemp("joint")
+        manifest = build(config["dataset"], root)
+    finally:
+        server.close()
+    return manifest, root
+
+
+def test_one_label_space_coco_then_blood(merged: tuple[dict[str, Any], Path]) -> None:
+    manifest, root = merged
+    assert manifest["class_names"] == [*COCO_CLASSES, *BLOOD]
+    assert [p["name"] for p in manifest["parts"]] == ["coco", "blood"]
+    coco, blood = manifest["parts"]
+    assert (coco["class_offset"], blood["class_offset"]) == (0, 80)
+    assert coco["splits"] == {"train": "train2017", "test": "val2017"}
+    assert blood["splits"] == {"train": "train", "test": "test"}
+    assert json.loads((root / "yolo/manifest.json").read_text()) == manifest
+
+
+def test_each_part_keeps_its_splits_and_each_image_its_part(
+    merged: tuple[dict[str, Any], Path],
+) -> None:
+    manifest, root = merged
+    train_ids = [e["id"] for e in manifest["splits"]["train"]]
+    assert train_ids[:3] == ["coco/000000000009", "coco/000000000025", "coco/000000000030"]
+    assert len(train_ids) == 3 + 6 and all(i.startswith("blood/") for i in train_ids[3:])
+    test_parts = [e["part"] for e in manifest["splits"]["test"]]
+    assert test_parts == ["coco", "coco", "blood", "blood", "blood"]
+    assert manifest["counts"]["test"]["images"] == 5
+    assert manifest["counts"]["train"]["boxes"]["person"] == 2
+    assert manifest["counts"]["train"]["boxes"]["car"] == 2
+    # Each part converted alone beside the merge, with its own class ids.
+    alone = json.loads((root / "yolo/parts/blood/manifest.json").read_text())
+    assert alone["class_names"] == BLOOD
+    assert manifest["counts"]["test"]["boxes"]["RBC"] == alone["counts"]["test"]["boxes"]["RBC"]
+
+
+def test_labels_are_shifted_into_the_merged_space(merged: tuple[dict[str, Any], Path]) -> None:
+    _, root = merged
+    loaded = DatasetManifest.load(root / "yolo")
+    records = {r.id: r for r in loaded.records("train")}
+    car = records["coco/000000000009"]
+    assert car.classes.tolist() == [0, 2]  # person, car
+    np.testing.assert_allclose(car.boxes_xyxy()[1], [50, 40, 90, 60], atol=0.01)
+    assert car.path.is_file() and car.width == 96
+    stem = next(i for i in records if i.startswith("blood/")).split("/", 1)[1]
+    own = np.loadtxt(root / f"yolo/parts/blood/labels/{stem}.txt", ndmin=2)
+    shifted = records[f"blood/{stem}"].labels
+    np.testing.assert_array_equal(shifted[:, 0], own[:, 0] + 80)
+    np.testing.assert_allclose(shifted[:, 1:], own[:, 1:], atol=1e-6)
+
+
+def test_equal_class_names_stay_two_classes() -> None:
+    dataset = {
+        "source": "merge",
+        "train_split": "train",
+        "eval_split": "test",
+        "parts": [
+            {"name": "a", "source": "synthetic", "classes": BLOOD, **SPLITS},
+            {"name": "b", "source": "synthetic", "classes": ["WBC", "Neutrophil"], **SPLITS},
+        ],
+    }
+    assert merged_class_names(dataset) == [*BLOOD, "b/WBC", "Neutrophil"]
+
+
+SPLITS = {"train_split": "train", "eval_split": "test"}
+
+
+# --- bad parts ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def broken_voc(tmp_path: Path) -> Path:
+    """A small VOC dataset whose Synth_00001 has an inverted box (300,200)-(100,100)."""
+    root = tmp_path / "mine"
+    generate_synthetic_voc(root, num_images={"train": 3, "val": 1, "test": 2}, seed=5)
+    xml = root / "Annotations/Synth_00001.xml"
+    text = xml.read_text()
+    start, end = text.index("<bndbox>"), text.index("</bndbox>")
+    box = "<xmin>300</xmin><ymin>200</ymin><xmax>100</xmax><ymax>100</ymax>"
+    xml.write_text(text[:start] + f"<bndbox>{box}" + text[end:])
+    return root
+
+
+def _voc_part(path: Path, **extra: Any) -> dict[str, Any]:
+    return {"name": "mine", "source": str(path), "classes": BLOOD, **SPLITS, **extra}
+
+
+def test_an_inverted_box_in_a_part_stops_the_merge_naming_part_and_file(
+    http_server: LocalHTTPServer, broken_voc: Path, tmp_path: Path
+) -> None:
+    config = merged_config(serve_coco_like(http_server), _voc_part(broken_voc))
+    with pytest.raises(DetbenchError) as info:
+        build(config["dataset"], tmp_path / "out")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("dataset.parts[1] (mine): ")
+    # The user's file, not the workflow's copy of it, and the box.
+    assert str(broken_voc / "Annotations/Synth_00001.xml") in message
+    assert "inverted box (300,200)-(100,100)" in message
+    assert not (tmp_path / "out/yolo").exists()
+
+
+def test_an_inverted_box_in_a_part_is_skipped_and_listed_under_skip(
+    http_server: LocalHTTPServer, broken_voc: Path, tmp_path: Path
+) -> None:
+    part = _voc_part(broken_voc, on_bad_image="skip")
+    manifest = build(merged_config(serve_coco_like(http_server), part)["dataset"], tmp_path)
+    [skipped] = manifest["skipped_images"]
+    assert skipped["part"] == "mine" and skipped["file"] == "Annotations/Synth_00001.xml"
+    assert "inverted box" in skipped["problem"]
+    assert "mine/Synth_00001" not in [e["id"] for e in manifest["splits"]["train"]]
+    assert manifest["counts"]["train"]["skipped"] == 1
+
+
+def test_a_missing_part_folder_is_one_line_naming_the_part(tmp_path: Path) -> None:
+    config = merged_config("http://127.0.0.1:9", _voc_part(tmp_path / "nowhere"))
+    config["dataset"]["parts"].reverse()  # the missing folder first: nothing is fetched
+    with pytest.raises(DetbenchError) as info:
+        check_source(config["dataset"], "joint.yaml")
+    message = str(info.value)
+    assert "\n" not in message and "dataset.parts[0] (mine)" in message
+    assert str(tmp_path / "nowhere") in message
+    # Gone after the check (the download stage): the same line from there.
+    with pytest.raises(DetbenchError) as info:
+        prepare_voc_dataset(config["dataset"], tmp_path / "voc")
+    message = str(info.value)
+    assert message.startswith("dataset.parts[0] (mine): ") and "nowhere" in message
+
+
+def test_a_failing_download_stops_the_merge_naming_the_part(
+    http_server: LocalHTTPServer, tmp_path: Path
+) -> None:
+    # The server has no COCO at all: the COCO part fails first, naming what it asked for.
+    config = merged_config(http_server.base_url)
+    with pytest.raises(DetbenchError) as info:
+        prepare_voc_dataset(config["dataset"], tmp_path / "voc")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("dataset.parts[0] (coco): ")
+    assert "annotations" in message
+
+
+def test_part_names_must_differ(tmp_path: Path) -> None:
+    part = {"name": "coco", "source": "synthetic", "classes": BLOOD, **SPLITS}
+    config = merged_config("http://127.0.0.1:9", part)
+    with pytest.raises(DetbenchError, match=r"part name 'coco' is used twice"):
+        check_source(config["dataset"], "joint.yaml")
+
+
+def test_a_single_dataset_is_unchanged_by_the_merge_keys(tmp_path: Path) -> None:
+    root = tmp_path / "voc"
+    generate_synthetic_voc(root, num_images={"train": 2, "val": 1, "test": 1}, seed=1)
+    dataset = {"name": "s", "source": str(root), "classes": BLOOD, **SPLITS}
+    shutil.copytree(root, tmp_path / "copy")
+    manifest = convert_dataset(dataset, tmp_path / "copy", tmp_path / "yolo")
+    assert "parts" not in manifest and manifest["class_names"] == BLOOD
