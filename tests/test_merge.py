@@ -292,3 +292,100 @@ def test_a_single_dataset_is_unchanged_by_the_merge_keys(tmp_path: Path) -> None
     shutil.copytree(root, tmp_path / "copy")
     manifest = convert_dataset(dataset, tmp_path / "copy", tmp_path / "yolo")
     assert "parts" not in manifest and manifest["class_names"] == BLOOD
+
+
+# --- a tiny joint cell ---------------------------------------------------------------------------
+
+
+def evaluate_part_alone(
+    weights: Path, part_manifest: Path, split: str, offset: int, settings: Any
+) -> dict[str, Any]:
+    """The joint weights on one part's own converted dataset (its own class ids): its images
+    only, the detections of its classes only, scored against its labels."""
+    import torch
+
+    from detbench.data.dataset import DetectionDataset
+    from detbench.evaluation.evaluate import predict_split
+    from detbench.evaluation.inference import load_trained_model
+    from detbench.evaluation.metrics import ImageDetections, ImageGroundTruth, evaluate_detections
+    from detbench.study.config import TrainHyperparameters
+
+    model, metadata = load_trained_model(weights, torch.device("cpu"))
+    manifest = DatasetManifest.load(part_manifest)
+    dataset = DetectionDataset.of_split(manifest, split, int(metadata["img_size"]))
+    hyp = TrainHyperparameters(workers=0, device="cpu")
+    found, _, _ = predict_split(model, dataset, settings, hyp, torch.device("cpu"), amp=False)
+    count = len(manifest.class_names)
+    detections = {}
+    for image_id, d in found.items():
+        keep = (d.classes >= offset) & (d.classes < offset + count)
+        detections[image_id] = ImageDetections(
+            boxes=d.boxes[keep], scores=d.scores[keep], classes=d.classes[keep] - offset
+        )
+    truth = {
+        r.id: ImageGroundTruth(boxes=r.boxes_xyxy(), classes=r.classes) for r in dataset.records
+    }
+    metrics = evaluate_detections(
+        truth,
+        detections,
+        manifest.class_names,
+        pr_confidence=settings.pr_confidence,
+        max_detections=settings.max_detections,
+    )
+    return {"num_images": len(truth), **metrics.to_dict()}
+
+
+@pytest.mark.slow
+def test_a_joint_cell_scores_each_part_as_evaluated_alone(
+    merged: tuple[dict[str, Any], Path], tmp_path: Path, torch_threads: None
+) -> None:
+    from detbench.evaluation.evaluate import evaluate_cell
+    from detbench.study.config import EvalSettings, TrainHyperparameters, TrainSettings
+    from detbench.training.train import TrainOutputs, train
+
+    manifest, root = merged
+    outputs = TrainOutputs.in_folder(tmp_path / "cell")
+    hyp = TrainHyperparameters(workers=0, device="cpu", lr0=0.02)
+    settings = TrainSettings(model="yolov3-tiny", batch=3, epochs=2, img_size=64, seed=0, hyp=hyp)
+    train(settings, root / "yolo/manifest.json", outputs, threads=1)
+    # Batch 1: each image is predicted alone in both evaluations, so the numbers are the same
+    # bit for bit, not only to rounding.
+    # Every detection kept (a 2-epoch model's scores are low): there are some to compare.
+    eval_settings = EvalSettings(
+        batch_size=1, max_detections=100, conf_threshold=0.0, pr_confidence=0.0
+    )
+    metrics = evaluate_cell(
+        outputs.weights,
+        root / "yolo/manifest.json",
+        "test",
+        eval_settings,
+        hyp,
+        tmp_path / "metrics.json",
+        tmp_path / "detections.json",
+        threads=1,
+    )
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    # The whole split's metrics stay, over all 83 classes and all 5 images.
+    assert metrics["num_images"] == 5 and len(metrics["metrics"]["per_class"]) == 83
+    assert set(metrics["parts"]) == {"coco", "blood"}
+    for part in manifest["parts"]:
+        got = metrics["parts"][part["name"]]
+        own_split = part["splits"]["test"]
+        alone = evaluate_part_alone(
+            outputs.weights,
+            root / "yolo" / part["manifest"],
+            own_split,
+            part["class_offset"],
+            eval_settings,
+        )
+        assert got["split"] == own_split
+        assert got["num_images"] == alone["num_images"]
+        assert got["classes"] == part["merged_class_names"]
+        for key in ("map50", "map50_95", "precision_at_conf", "recall_at_conf"):
+            assert got[key] == alone[key], (part["name"], key)
+        assert got["per_class"] == alone["per_class"]
+        # Something to compare: the part's objects, and detections of its classes.
+        assert got["num_ground_truth"] == alone["num_ground_truth"] > 0
+        assert sum(c["num_detections"] for c in got["per_class"]) > 0
+    assert metrics["parts"]["coco"]["num_images"] == 2
+    assert metrics["parts"]["blood"]["num_images"] == 3
