@@ -157,7 +157,8 @@ def report_layout():
     from detbench.report.layout import build_layout
 
     grid = (PLATFORM, MODELS, config["batch_sizes"], config["epochs"])
-    return build_layout(*grid, other_platform_cells(), report_reference())
+    joint = config["dataset"]["source"] == "merge"
+    return build_layout(*grid, other_platform_cells(), report_reference(), joint=joint)
 
 
 def report_files(group):
