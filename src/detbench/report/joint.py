@@ -316,8 +316,11 @@ def joint_csv(comparisons: Sequence[JointComparison]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(
-        ["model", "batch", "epochs", "domain", "models", "platform", "repeat", "dataset"]
-        + [*ACCURACY_METRICS, "parameters", "file_bytes", "seconds_per_image"]
+        [
+            *("model", "batch", "epochs", "domain", "models", "platform", "repeat", "dataset"),
+            *ACCURACY_METRICS,
+            *("parameters", "file_bytes", "seconds_per_image"),
+        ]
     )
     for comparison in comparisons:
         for domain in comparison.domains:
