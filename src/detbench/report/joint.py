@@ -86,14 +86,17 @@ def read_cell(folder: Path) -> CellResult | None:
 
 
 def parameter_count(weights: Path) -> int | None:
-    """Trainable parameters in a cell's weights.pt (its BN running statistics left out)."""
+    """Trainable parameters of the model in a cell's weights.pt (its architecture and class
+    count; buffers such as BN statistics and anchors left out)."""
     if not weights.is_file():
         return None
     import torch
 
+    from detbench.models import build_model
+
     payload = torch.load(weights, map_location="cpu", weights_only=True)
-    buffers = ("running_mean", "running_var", "num_batches_tracked")
-    return sum(int(t.numel()) for k, t in payload["state_dict"].items() if not k.endswith(buffers))
+    model = build_model(payload["model"], num_classes=len(payload["class_names"]))
+    return sum(int(p.numel()) for p in model.parameters())
 
 
 def read_cells(folders: Iterable[str | Path]) -> list[CellResult]:
