@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from http_server import LocalHTTPServer, http_server_fixture  # noqa: F401 (fixture)
 
 from detbench.data.coco import COCO_CLASSES
 from detbench.evaluation.inference import save_trained_model
@@ -135,3 +136,48 @@ def test_without_joint_cells_the_table_says_so(tmp_path: Path) -> None:
     paths = {ext: str(tmp_path / f"joint.{ext}") for ext in ("csv", "md", "html")}
     document = write_joint(folders(tmp_path / "r"), paths)
     assert "No joint cell" in document.to_markdown()
+
+
+# --- end to end: the test configs ---------------------------------------------------------------
+
+
+def _config(name: str, coco_url: str, folder: Path) -> Path:
+    text = (REPO / "tests/configs" / name).read_text().replace("COCO_URL", coco_url)
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.slow
+def test_the_test_configs_produce_the_joint_table(
+    http_server: LocalHTTPServer, workflow_copy: Path, snakemake, tmp_path: Path
+) -> None:
+    from test_merge import serve_coco_like
+
+    url = serve_coco_like(http_server)
+    for name in ("blood", "coco"):
+        config = _config(f"joint-{name}.yaml", url, tmp_path)
+        targets = [f"results/test-{name}/yolov3-tiny/b3_e1{s}/metrics.json" for s in ("", "_r1")]
+        run = snakemake(workflow_copy, *targets, "--cores", "2", "--configfile", config)
+        assert run.returncode == 0, run.describe()
+    config = _config("joint.yaml", url, tmp_path)
+    target = "results/report/joint/joint.md"
+    run = snakemake(workflow_copy, target, "--cores", "2", "--configfile", config)
+    assert run.returncode == 0, run.describe()
+    assert run.job_stats().get("report_joint") == 1
+
+    folder = workflow_copy / "results/report/joint"
+    markdown = (folder / "joint.md").read_text()
+    for domain in ("coco", "blood"):
+        for side in ("joint (1 model)", "separate"):
+            row = next(line for line in markdown.splitlines() if f"| {domain} | {side}" in line)
+            assert "(n=2)" in row, row  # two repeats a side: a mean and an interval
+    assert "times their size" in markdown and "on blood its mAP@0.5 is" in markdown
+    assert "separate (2 models)" in markdown
+    metrics = json.loads(
+        (workflow_copy / "results/test-joint/yolov3-tiny/b3_e1/metrics.json").read_text()
+    )
+    assert set(metrics["parts"]) == {"coco", "blood"}
+    assert len(metrics["metrics"]["per_class"]) == 83
+    rows = list(csv.DictReader(io.StringIO((folder / "joint.csv").read_text())))
+    assert len(rows) == 2 * (2 + 2)

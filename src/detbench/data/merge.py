@@ -20,6 +20,7 @@ Layout inside the convert stage's folder::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -47,6 +48,7 @@ class MergedPart:
     merged_names: tuple[str, ...]  # the same classes' names in the merged space
     offset: int  # merged class id of the part's class 0
     splits: dict[str, str]  # merged split -> the part's own split
+    dataset: str = ""  # the name the part's own manifest gives it (COCO's: coco-<splits>)
 
     @property
     def class_ids(self) -> range:
@@ -61,6 +63,7 @@ class MergedPart:
             "merged_class_names": list(self.merged_names),
             "class_offset": self.offset,
             "splits": dict(self.splits),
+            "dataset": self.dataset,
             "manifest": f"{PARTS_DIR}/{self.name}/manifest.json",
         }
 
@@ -73,6 +76,7 @@ class MergedPart:
             merged_names=tuple(raw["merged_class_names"]),
             offset=int(raw["class_offset"]),
             splits=dict(raw["splits"]),
+            dataset=str(raw.get("dataset", "")),
         )
 
 
@@ -223,7 +227,10 @@ def _merge(
         "label_dir": LABEL_DIR,
         "splits": splits,
         "counts": counts,
-        "parts": [part.to_json() for part in parts],
+        "parts": [
+            dataclasses.replace(part, dataset=str(manifest["dataset"])).to_json()
+            for part, manifest in zip(parts, manifests, strict=True)
+        ],
         "dropped_boxes": _tagged(parts, manifests, "dropped_boxes"),
         "clipped_boxes": sum(int(m.get("clipped_boxes", 0)) for m in manifests),
         "skipped_images": _tagged(parts, manifests, "skipped_images"),

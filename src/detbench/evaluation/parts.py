@@ -62,6 +62,7 @@ def part_metrics(
         found = {i: restrict_to_part(detections[i], part) for i in ids if i in detections}
         entry: dict[str, Any] = {
             "split": part.splits.get(split),
+            "dataset": part.dataset,
             "num_images": len(ids),
             "classes": list(part.merged_names),
         }

@@ -5,7 +5,8 @@ accuracy").
 
 A *joint cell* is a cell whose metrics.json has ``parts``; its *separate cells* are the cells
 of the same model, batch and epochs whose dataset is named as a part (the separate studies give
-their dataset the part's name), on any platform. Per domain (part): the joint cell's metrics on
+their dataset the part's name; a COCO study's cells carry its manifest's name, which the part
+records too), on any platform. Per domain (part): the joint cell's metrics on
 that part's images and classes against the separate cell's metrics, as mean and 95% interval
 over the repeats; then parameters and file size (one model against the sum of the separate
 ones) and prediction time per image (the evaluate job's forward + NMS over its split).
@@ -155,11 +156,13 @@ def compare(results: Sequence[CellResult]) -> list[JointComparison]:
             joint_groups.setdefault(result.group, []).append(result)
     for (model, batch, epochs), joint_cells in sorted(joint_groups.items()):
         comparison = JointComparison(model, batch, epochs, joint_cells)
-        for domain in joint_cells[0].parts:
+        for domain, scored in joint_cells[0].parts.items():
+            # The separate study names its dataset as the part, or (COCO) its manifest does.
+            names = {domain, scored.get("dataset") or domain}
             separate = [
                 r
                 for r in results
-                if not r.parts and r.dataset == domain and r.group == (model, batch, epochs)
+                if not r.parts and r.dataset in names and r.group == (model, batch, epochs)
             ]
             comparison.domains.append(
                 DomainComparison(

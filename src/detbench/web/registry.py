@@ -220,13 +220,19 @@ class ServedModel:
 
 
 def load_bccd_model(
-    path: str | Path, device: torch.device, origin: str | None = None
+    path: str | Path, device: torch.device, origin: str | None = None, *, joint: bool = False
 ) -> ServedModel:
-    """A trained cell's ``weights.pt`` as the blood-cell model."""
+    """A trained cell's ``weights.pt`` as the blood-cell model; ``joint``: a model that knows
+    the blood-cell classes among others (detbench.web.joint)."""
     path = Path(path)
     model, metadata = load_trained_model(path, device)
     names = tuple(str(n) for n in metadata["class_names"])
-    if sorted(names) != sorted(BLOOD_CELL_CLASSES):
+    if joint and not set(BLOOD_CELL_CLASSES) <= set(names):
+        raise DetbenchError(
+            f"{path}: a joint model must know the blood-cell classes "
+            f"{', '.join(BLOOD_CELL_CLASSES)}; it was trained for {len(names)} others"
+        )
+    if not joint and sorted(names) != sorted(BLOOD_CELL_CLASSES):
         raise DetbenchError(
             f"{path}: trained for classes {list(names)}, not the blood-cell classes "
             f"{', '.join(BLOOD_CELL_CLASSES)}"
@@ -240,7 +246,7 @@ def load_bccd_model(
         f"input {img_size} px"
     )
     served = ServedModel(
-        "bccd",
+        "joint" if joint else "bccd",
         model,
         architecture=str(metadata["model"]),
         class_names=names,
