@@ -74,7 +74,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
             parts,
         )
         write_cell(root / f"b/yolov3-tiny/b4_e2{suffix}", "blood", BLOOD, [0.6, 0.62, 0.64][repeat])
-        write_cell(root / f"c/yolov3-tiny/b4_e2{suffix}", "coco", list(COCO_CLASSES), 0.25)
+        coco_map = [0.25, 0.27, 0.26][repeat]
+        write_cell(root / f"c/yolov3-tiny/b4_e2{suffix}", "coco", list(COCO_CLASSES), coco_map)
     # Another epoch count: not the joint cells' separate models.
     write_cell(root / "b/yolov3-tiny/b4_e9", "blood", BLOOD, 0.9)
     return root
@@ -91,7 +92,7 @@ def test_joint_cells_are_paired_with_the_separate_cells_of_their_parts(results: 
     blood, coco = comparison.domains
     assert blood.domain == "blood" and blood.values("joint", "map50") == [0.50, 0.54, 0.52]
     assert sorted(blood.values("separate", "map50")) == [0.6, 0.62, 0.64]
-    assert coco.values("separate", "map50") == [0.25] * 3
+    assert sorted(coco.values("separate", "map50")) == [0.25, 0.26, 0.27]
 
 
 def test_one_model_against_two_in_size(results: Path) -> None:

@@ -389,3 +389,30 @@ def test_a_joint_cell_scores_each_part_as_evaluated_alone(
         assert sum(c["num_detections"] for c in got["per_class"]) > 0
     assert metrics["parts"]["coco"]["num_images"] == 2
     assert metrics["parts"]["blood"]["num_images"] == 3
+
+
+def test_planned_training_images_are_the_parts_sum(tmp_path: Path) -> None:
+    from detbench.data.sizes import train_image_count
+
+    config = merged_config("http://127.0.0.1:9")
+    # Before anything is on disk: COCO's max_images and the synthetic size, 3 + 6.
+    assert train_image_count(config["dataset"], tmp_path) == 9
+
+
+def test_a_changed_source_image_of_a_part_is_refused_naming_the_users_file(
+    http_server: LocalHTTPServer, tmp_path: Path
+) -> None:
+    source = tmp_path / "mine"
+    generate_synthetic_voc(source, num_images={"train": 2, "val": 1, "test": 2}, seed=5)
+    config = merged_config(serve_coco_like(http_server), _voc_part(source))
+    build(config["dataset"], tmp_path / "out")
+    manifest = DatasetManifest.load(tmp_path / "out/yolo")
+    assert len(manifest.records("train")) == 3 + 2
+    # The workflow's copy of one image changes after conversion: refused, naming the user's.
+    copy = tmp_path / "out/voc/mine/JPEGImages/Synth_00000.jpg"
+    copy.write_bytes(copy.read_bytes()[:100])
+    with pytest.raises(DetbenchError) as info:
+        manifest.records("train")
+    message = str(info.value)
+    assert str(source / "JPEGImages/Synth_00000.jpg") in message and "changed since" in message
+    assert "\n" not in message

@@ -124,3 +124,22 @@ def test_serve_takes_a_joint_model_instead_of_the_two(tmp_path: Path) -> None:
     )
     with pytest.raises(DetbenchError, match="--joint-model serves both models"):
         serve_config(args)
+
+
+def test_the_best_blood_cell_cell_is_never_a_joint_one(tmp_path: Path) -> None:
+    import json
+
+    from detbench.web.registry import best_bccd_cell
+
+    rows = [("joint", 8, 0.9), ("synthetic", 4, 0.5)]  # the joint cell scores higher overall
+    for dataset, batch, _ in rows:
+        folder = tmp_path / f"p/yolov3-tiny/b{batch}_e2"
+        folder.mkdir(parents=True)
+        (folder / "weights.pt").write_bytes(b"w")
+        metrics = {"parts": {"bccd": {}}} if dataset == "joint" else {}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    lines = ["platform,model,batch,epochs,dataset,eval_split,map50"]
+    lines += [f"p,yolov3-tiny,{b},2,{d},test,{m}" for d, b, m in rows]
+    (tmp_path / "summary.csv").write_text("\n".join(lines) + "\n")
+    best = best_bccd_cell(tmp_path)
+    assert (best.dataset, best.batch) == ("synthetic", 4)

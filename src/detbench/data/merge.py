@@ -21,6 +21,7 @@ Layout inside the convert stage's folder::
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -109,6 +110,11 @@ def plan_parts(dataset: Mapping[str, Any]) -> list[MergedPart]:
             raise DetbenchError(f"dataset.parts[{index}]: part name {name!r} is used twice")
         if name == PARTS_DIR:
             raise DetbenchError(f"dataset.parts[{index}]: {name!r} is reserved as a part name")
+        if part["train_split"] == part["eval_split"]:
+            raise DetbenchError(
+                f"dataset.parts[{index}] ({name}): eval_split must differ from train_split "
+                f"({part['train_split']!r}); evaluate on held-out images"
+            )
         own = part_class_names(part)
         merged = tuple(c if c not in taken else f"{name}/{c}" for c in own)
         clash = taken.intersection(merged)
@@ -296,6 +302,32 @@ def _shift_labels(path: Path, offset: int) -> str:
 def manifest_parts(raw: Mapping[str, Any]) -> list[MergedPart]:
     """The parts a converted manifest records (none for a single dataset)."""
     return [MergedPart.from_json(item) for item in raw.get("parts", [])]
+
+
+def check_part_sources(
+    manifest_path: Path, raw: Mapping[str, Any], entries: Sequence[Mapping[str, Any]]
+) -> None:
+    """Refuse, naming the user's file, a merged split whose images a part was converted from
+    are gone or changed (each part's manifest records its own source files)."""
+    from detbench.data.integrity import MadeFrom
+
+    for part in manifest_parts(raw):
+        part_manifest = manifest_path.parent / PARTS_DIR / part.name / "manifest.json"
+        if not part_manifest.is_file():
+            continue
+        part_raw = json.loads(part_manifest.read_text(encoding="utf-8"))
+        made_from = MadeFrom.from_manifest(part_manifest, part_raw)
+        if made_from is None:
+            continue
+        image_dir = Path(part_raw["image_dir"]).name
+        own = {e["id"]: e["file"] for split in part_raw["splits"].values() for e in split}
+        prefix = f"{part.name}/"
+        files = [
+            f"{image_dir}/{own[e['id'][len(prefix) :]]}"
+            for e in entries
+            if e.get("part") == part.name and e["id"][len(prefix) :] in own
+        ]
+        made_from.check(files)
 
 
 def local_part_directories(dataset: Mapping[str, Any]) -> list[Path]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import logging
 import math
 import threading
@@ -55,7 +56,7 @@ from detbench.models import (
 )
 from detbench.models.pretrained import DARKNET_NMS_IOU, DarknetPlacement, darknet_letterbox
 from detbench.models.weights import HEADER_BYTES_INT32_SEEN, HEADER_BYTES_INT64_SEEN
-from detbench.study.cells import WEIGHTS, Cell
+from detbench.study.cells import METRICS, WEIGHTS, Cell
 from detbench.study.config import TrainHyperparameters
 from detbench.training.device import select_precision
 from detbench.web.settings import COCO_IMG_SIZE, InferenceSettings
@@ -448,7 +449,7 @@ def _row_to_cell(results: Path, row: dict[str, str]) -> BestCell | None:
     if not math.isfinite(map50) or dataset.startswith("coco") or "/" in platform + model:
         return None
     weights = Cell(platform, model, batch, epochs).file(WEIGHTS, results)
-    if not weights.is_file():
+    if not weights.is_file() or _is_joint_cell(weights.with_name(METRICS)):
         return None
     return BestCell(
         weights=weights,
@@ -460,3 +461,12 @@ def _row_to_cell(results: Path, row: dict[str, str]) -> BestCell | None:
         eval_split=row.get("eval_split", "?"),
         map50=map50,
     )
+
+
+def _is_joint_cell(metrics: Path) -> bool:
+    """A cell trained on a merged dataset (its metrics have parts): served with --joint-model,
+    not as the blood-cell model."""
+    try:
+        return "parts" in json.loads(metrics.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
