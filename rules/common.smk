@@ -176,6 +176,15 @@ def report_targets():
     return report_layout().all_paths()
 
 
+def joint_report_weights(wildcards):
+    """weights.pt of every cell in the summary, for the joint report's parameter counts and
+    file sizes: this study's (built here) and those other platforms' cells have (read as they
+    are; a cell copied in without its weights shows NA)."""
+    own = [f"{cell.folder()}/{cells.WEIGHTS}" for cell in grid.study_cells(config)]
+    copied = [f"{cell}/{cells.WEIGHTS}" for cell in other_platform_cells()]
+    return own + [path for path in copied if Path(path).exists()]
+
+
 def report_histories(wildcards):
     """history.csv of every cell in the summary, for the loss curves (a copied-in cell
     without one gets an empty panel rather than stopping the report)."""

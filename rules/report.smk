@@ -106,7 +106,7 @@ if report_layout().joint:
     rule report_joint:
         input:
             metrics=summary_files(cells.METRICS),
-            weights=summary_files(cells.WEIGHTS),
+            weights=joint_report_weights,
         output:
             report_files("joint_models"),
         log:
