@@ -416,3 +416,16 @@ def test_a_changed_source_image_of_a_part_is_refused_naming_the_users_file(
     message = str(info.value)
     assert str(source / "JPEGImages/Synth_00000.jpg") in message and "changed since" in message
     assert "\n" not in message
+
+
+def test_the_reports_data_section_reads_a_merged_manifest(
+    merged: tuple[dict[str, Any], Path],
+) -> None:
+    from detbench.report.dataset import split_rows
+
+    manifest, _ = merged
+    headers, rows = split_rows(manifest, {"train_split": "train", "eval_split": "test"})
+    assert len(headers) == 3 + 83 + 1
+    train = dict(zip(headers, rows[0], strict=True))
+    assert train["Role"] == "training" and train["Images"] == 9
+    assert train["person boxes"] == 2 and train["RBC boxes"] > 0
