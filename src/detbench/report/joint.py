@@ -9,7 +9,7 @@ their dataset the part's name; a COCO study's cells carry its manifest's name, w
 records too), on any platform. Per domain (part): the joint cell's metrics on
 that part's images and classes against the separate cell's metrics, as mean and 95% interval
 over the repeats; then parameters and file size (one model against the sum of the separate
-ones) and prediction time per image (the evaluate job's forward + NMS over its split).
+ones) and prediction time per image (the evaluation's forward, losses and NMS over its split).
 """
 
 from __future__ import annotations
@@ -245,7 +245,8 @@ def finding(comparison: JointComparison) -> str:
     """The 2020 question answered with this comparison's numbers."""
     parameters, size = comparison.joint_size()
     separate_parameters, separate_size = comparison.separate_size()
-    text = f"{comparison.model} (batch {comparison.batch}, {comparison.epochs} epochs): one model "
+    epochs = f"{comparison.epochs} epoch{'s' if comparison.epochs != 1 else ''}"
+    text = f"{comparison.model} (batch {comparison.batch}, {epochs}): one model "
     text += f"for {' and '.join(d.domain for d in comparison.domains)} has "
     if parameters and separate_parameters and size and separate_size:
         text += (
@@ -303,7 +304,7 @@ def joint_document(comparisons: Sequence[JointComparison]) -> Document:
     document.note(
         "Parameters: trainable parameters of the trained weights (M = 10^6); file: the cell's "
         "weights.pt (MB = 10^6 bytes), summed over the separate models; prediction time: the "
-        "evaluate job's forward pass and NMS per image on its evaluation split (ms, its "
+        "evaluation's forward pass, losses and NMS per image on its evaluation split (ms, its "
         "device and evaluate.batch_size), mean over runs, per domain for the separate models."
     )
     return document
