@@ -157,7 +157,8 @@ def report_layout():
     from detbench.report.layout import build_layout
 
     grid = (PLATFORM, MODELS, config["batch_sizes"], config["epochs"])
-    return build_layout(*grid, other_platform_cells(), report_reference())
+    joint = config["dataset"]["source"] == "merge"
+    return build_layout(*grid, other_platform_cells(), report_reference(), joint=joint)
 
 
 def report_files(group):
@@ -173,6 +174,15 @@ def _report_file(entry):
 def report_targets():
     """Every file of the report (tables, comparison, findings, dataset, plots)."""
     return report_layout().all_paths()
+
+
+def joint_report_weights(wildcards):
+    """weights.pt of every cell in the summary, for the joint report's parameter counts and
+    file sizes: this study's (built here) and those other platforms' cells have (read as they
+    are; a cell copied in without its weights shows NA)."""
+    own = [f"{cell.folder()}/{cells.WEIGHTS}" for cell in grid.study_cells(config)]
+    copied = [f"{cell}/{cells.WEIGHTS}" for cell in other_platform_cells()]
+    return own + [path for path in copied if Path(path).exists()]
 
 
 def report_histories(wildcards):

@@ -93,3 +93,27 @@ rule report_dataset:
         dataset=config["dataset"],
     script:
         "../workflow/scripts/report_dataset.py"
+
+
+# A merged dataset (dataset.source: merge): its joint cells against the separate cells of its
+# parts found under results/ (src/detbench/report/joint.py). Reads the cells' weights for their
+# parameter counts, hence the training environment.
+if report_layout().joint:
+
+    localrules:
+        report_joint,
+
+    rule report_joint:
+        input:
+            metrics=summary_files(cells.METRICS),
+            weights=joint_report_weights,
+        output:
+            report_files("joint_models"),
+        log:
+            "results/logs/report_joint.log",
+        conda:
+            "../envs/train.yaml"
+        params:
+            layout=report_layout().to_params(),
+        script:
+            "../workflow/scripts/report_joint.py"

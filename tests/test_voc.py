@@ -303,6 +303,50 @@ def test_unknown_class_is_an_error(voc: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()  # nothing written on failure
 
 
+def test_inverted_box_is_an_error_naming_the_file_and_the_box(voc: Path, tmp_path: Path) -> None:
+    xml = voc / "Annotations/Synth_00001.xml"
+    _write_xml(xml, _box("RBC", 10, 10, 40, 40) + _box("WBC", 300, 200, 100, 100))
+    with pytest.raises(DetbenchError) as info:
+        _convert(voc, tmp_path / "out")
+    [line] = assert_bad_files_error(info, voc, {"Annotations/Synth_00001.xml": "inverted box"})
+    assert "<object> #2 (WBC)" in line and "(300,200)-(100,100)" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_inverted_box_in_one_axis_is_an_error(voc: Path, tmp_path: Path) -> None:
+    _write_xml(voc / "Annotations/Synth_00001.xml", _box("RBC", 10, 50, 40, 20))
+    with pytest.raises(DetbenchError) as info:
+        _convert(voc, tmp_path / "out")
+    [line] = assert_bad_files_error(info, voc, {"Annotations/Synth_00001.xml": "ymax < ymin"})
+    assert "(10,50)-(40,20)" in line
+
+
+def test_inverted_box_image_is_skipped_and_listed_zero_size_still_dropped(
+    voc: Path, tmp_path: Path
+) -> None:
+    _write_xml(voc / "Annotations/Synth_00001.xml", _box("RBC", 300, 200, 100, 100))
+    _write_xml(
+        voc / "Annotations/Synth_00000.xml", _box("RBC", 5, 5, 5, 5) + _box("WBC", 1, 1, 9, 9)
+    )
+    manifest = _convert(voc, tmp_path / "out", on_bad_image="skip")
+    [skipped] = manifest["skipped_images"]
+    assert skipped["file"] == "Annotations/Synth_00001.xml"
+    assert "inverted box (300,200)-(100,100)" in skipped["problem"]
+    train = manifest["counts"]["train"]
+    assert (train["images"], train["skipped"]) == (2, 1)
+    assert "Synth_00001" not in [e["id"] for e in manifest["splits"]["train"]]
+    assert not (tmp_path / "out/labels/Synth_00001.txt").exists()
+    # The zero-size point stays a dropped box of a kept image, as before.
+    assert manifest["dropped_boxes"] == [
+        {
+            "file": "Annotations/Synth_00000.xml",
+            "class": "RBC",
+            "reason": "zero-size box (5,5)-(5,5)",
+        }
+    ]
+    np.testing.assert_allclose(load_yolo_labels(tmp_path / "out/labels/Synth_00000.txt")[:, 0], [1])
+
+
 def test_missing_split_file_is_an_error(voc: Path, tmp_path: Path) -> None:
     split_file = voc / "ImageSets/Main/test.txt"
     split_file.unlink()

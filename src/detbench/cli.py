@@ -67,6 +67,13 @@ def add_serve_command(subparsers: Subparsers) -> None:
         help="official Darknet yolov3.weights or yolov3-tiny.weights (told apart by size)",
     )
     parser.add_argument(
+        "--joint-model",
+        type=Path,
+        metavar="PATH",
+        help="a joint cell's weights.pt (dataset.source: merge): one model serves blood cells "
+        "and common objects, instead of --bccd-model/--results and --coco-weights",
+    )
+    parser.add_argument(
         "--coco-img-size",
         type=_multiple_of_32,
         default=COCO_IMG_SIZE,
@@ -132,16 +139,24 @@ def serve_config(args: argparse.Namespace) -> WebConfig:
     from detbench.web.registry import best_bccd_cell
     from detbench.web.settings import WebConfig
 
+    joint_model = getattr(args, "joint_model", None)
+    if joint_model is not None and (args.bccd_model or args.results or args.coco_weights):
+        raise DetbenchError(
+            "detbench serve: --joint-model serves both models; leave out --bccd-model, "
+            "--results and --coco-weights"
+        )
     bccd_model, origin = args.bccd_model, None
     if args.results is not None:
         best = best_bccd_cell(args.results)
         bccd_model, origin = best.weights, best.describe()
         log.info("--results %s: picked the %s: %s", args.results, best.describe(), best.weights)
-    if bccd_model is None and args.coco_weights is None:
+    if bccd_model is None and args.coco_weights is None and joint_model is None:
         raise DetbenchError(
-            "detbench serve: give --bccd-model PATH, --results DIR and/or --coco-weights PATH"
+            "detbench serve: give --bccd-model PATH, --results DIR and/or --coco-weights PATH "
+            "(or --joint-model PATH)"
         )
     return WebConfig(
+        joint_model=joint_model,
         bccd_model=bccd_model,
         bccd_origin=origin,
         coco_weights=args.coco_weights,

@@ -92,6 +92,10 @@ class DatasetManifest:
             # refused naming the user's file, not a decode error on the workflow's copy.
             image_dir = self.image_dir.name
             made_from.check([f"{image_dir}/{entry['file']}" for entry in self.splits[split]])
+        elif "parts" in self.raw:
+            from detbench.data.merge import check_part_sources
+
+            check_part_sources(self.path, self.raw, self.splits[split])
         return [
             ImageRecord(
                 id=entry["id"],

@@ -15,7 +15,7 @@ from detbench.errors import DetbenchError
 
 log = logging.getLogger("detbench.data")
 
-NAMED_SOURCES = ("synthetic", "bccd", "coco")
+NAMED_SOURCES = ("synthetic", "bccd", "coco", "merge")
 STANDARD_SPLITS = ("train", "val", "test")
 
 
@@ -27,32 +27,60 @@ def source_directory(dataset: Mapping[str, Any]) -> Path | None:
 
 def check_source(dataset: Mapping[str, Any], config_name: str = "config") -> None:
     """Fail before any job starts when the configured local dataset directory is missing."""
+    from detbench.data.merge import is_merge, plan_parts
+
     directory = source_directory(dataset)
     if directory is not None and not directory.is_dir():
         raise DetbenchError(
             f"{config_name}: key dataset.source: {directory} is not a directory "
             f"(use one of {', '.join(NAMED_SOURCES)} or the path of a VOC dataset)"
         )
+    if is_merge(dataset):
+        try:
+            plan_parts(dataset)
+        except DetbenchError as error:
+            raise DetbenchError(f"{config_name}: key {error}") from None
+        for index, part in enumerate(dataset["parts"]):
+            part_directory = source_directory(part)
+            if part_directory is not None and not part_directory.is_dir():
+                raise DetbenchError(
+                    f"{config_name}: key dataset.parts[{index}] ({part['name']}): source "
+                    f"{part_directory} is not a directory"
+                )
 
 
 def local_source_files(dataset: Mapping[str, Any]) -> list[str]:
     """The files the download stage copies from a local VOC dataset (none for a named source)."""
+    from detbench.data.merge import local_part_directories
     from detbench.data.voc import COPIED_SUBDIRS
 
-    directory = source_directory(dataset)
-    if directory is None or not directory.is_dir():
-        return []
+    directories = [source_directory(dataset), *local_part_directories(dataset)]
     return sorted(
         str(path)
+        for directory in directories
+        if directory is not None and directory.is_dir()
         for sub in COPIED_SUBDIRS
         for path in (directory / sub).rglob("*")
         if path.is_file()
     )
 
 
-def prepare_voc_dataset(dataset: Mapping[str, Any], out_dir: Path, *, seed: int = 0) -> None:
+def prepare_voc_dataset(
+    dataset: Mapping[str, Any],
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+) -> None:
+    """The dataset in VOC layout (COCO: already converted) at ``out_dir``; downloads are cached
+    in ``cache_dir`` (default ``<out_dir's parent>/download``)."""
     source = str(dataset["source"])
-    if source == "synthetic":
+    cache_dir = out_dir.parent / "download" if cache_dir is None else cache_dir
+    if source == "merge":
+        from detbench.data.merge import prepare_parts
+
+        prepare_parts(dataset, out_dir, seed=seed)
+    elif source == "synthetic":
         from detbench.data.synthetic import generate_synthetic_voc
 
         sizes = dataset.get("synthetic", {})
@@ -65,7 +93,7 @@ def prepare_voc_dataset(dataset: Mapping[str, Any], out_dir: Path, *, seed: int 
     elif source == "bccd":
         from detbench.data.bccd import fetch_bccd
 
-        fetch_bccd(out_dir, cache_dir=out_dir.parent / "download")
+        fetch_bccd(out_dir, cache_dir=cache_dir)
     elif source == "coco":
         from detbench.data.coco import fetch_coco
 
@@ -73,7 +101,8 @@ def prepare_voc_dataset(dataset: Mapping[str, Any], out_dir: Path, *, seed: int 
             out_dir,
             splits=coco_splits(dataset),
             max_images=dataset.get("max_images"),
-            cache_dir=out_dir.parent / "download",
+            cache_dir=cache_dir,
+            **({"base_url": dataset["coco_url"]} if dataset.get("coco_url") else {}),
         )
     else:
         from detbench.data.voc import import_voc_directory
@@ -106,7 +135,11 @@ def splits_to_convert(dataset: Mapping[str, Any], voc_dir: Path) -> list[str]:
 def convert_dataset(dataset: Mapping[str, Any], voc_dir: Path, out_dir: Path) -> dict[str, Any]:
     from detbench.data.voc import convert_voc_to_yolo
 
-    if dataset["source"] == "coco":
+    if dataset["source"] == "merge":
+        from detbench.data.merge import convert_merged
+
+        manifest = convert_merged(dataset, voc_dir, out_dir)
+    elif dataset["source"] == "coco":
         manifest = _adopt_converted(voc_dir, out_dir)
     else:
         try:

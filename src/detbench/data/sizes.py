@@ -17,13 +17,20 @@ def train_image_count(dataset: Mapping[str, Any], dataset_dir: str | Path) -> in
     """Images per training epoch, read from the dataset's split file where it exists: the
     workflow's VOC copy under ``dataset_dir``, or a local source's own. Before anything is on
     disk: the synthetic size or COCO's subset from the config, or for BCCD the images of the
-    pinned file list (all splits: an upper bound of any one)."""
+    pinned file list (all splits: an upper bound of any one). A merged dataset: the sum of its
+    parts' (each prepared under ``voc/<part name>``)."""
+    return _train_images(dataset, Path(dataset_dir) / "voc")
+
+
+def _train_images(dataset: Mapping[str, Any], voc_copy: Path) -> int:
     source, split = str(dataset["source"]), dataset["train_split"]
+    if source == "merge":
+        return sum(_train_images(part, voc_copy / str(part["name"])) for part in dataset["parts"])
     if source == "synthetic":
         return int(dataset["synthetic"]["train"])
     if source == "coco":
         return int(dataset["max_images"] or COCO_TRAIN_IMAGES)
-    candidates = [Path(dataset_dir) / "voc"]
+    candidates = [voc_copy]
     if source != "bccd":
         candidates.append(Path(source))
     for voc in candidates:

@@ -5,10 +5,12 @@ Coordinate convention: VOC boxes are 1-based *inclusive* pixel indices, so a box
 pixel-edge coordinates that is ``x0 = xmin - 1``, ``x1 = xmax``. Reading VOC numbers as 0-based
 instead would push 545 BCCD boxes one pixel past the image edge.
 
-Degenerate boxes are judged on the XML's own corners (``xmax <= xmin`` or ``ymax <= ymin``):
+Degenerate boxes are judged on the XML's own corners (``xmax == xmin`` or ``ymax == ymin``):
 under the inclusive reading BCCD's two zero-size points (504,337)-(504,337) would become 1x1 px
 boxes, but they are clicks without a drag in the annotation tool, not 1-px cells, so they are
-dropped (and listed in the manifest).
+dropped (and listed in the manifest). An inverted box (``xmax < xmin`` or ``ymax < ymin``) makes
+its image bad (``dataset.on_bad_image``): an error naming the file and the box, or under
+``skip`` the image left out and listed.
 """
 
 from __future__ import annotations
@@ -307,7 +309,7 @@ def _convert_image(
         )
 
     lines, ids, dropped, clipped = [], [], [], 0
-    for obj in annotation.objects:
+    for number, obj in enumerate(annotation.objects, start=1):
         if obj.name not in class_ids:
             if not ignore_unknown_classes:
                 known = ", ".join(class_ids)
@@ -317,6 +319,13 @@ def _convert_image(
             dropped.append(DroppedBox(xml_rel, obj.name, "class not in class_names"))
             continue
         corners = f"({_fmt(obj.xmin)},{_fmt(obj.ymin)})-({_fmt(obj.xmax)},{_fmt(obj.ymax)})"
+        # A max below its min is no click without a drag but swapped or mistyped corners: the
+        # image would train with that object as background, so the image is bad as a whole.
+        if obj.xmax < obj.xmin or obj.ymax < obj.ymin:
+            axis = "xmax < xmin" if obj.xmax < obj.xmin else "ymax < ymin"
+            raise FileProblem(
+                xml_path, f"<object> #{number} ({obj.name}) has an inverted box {corners} ({axis})"
+            )
         # Judge degeneracy on the raw corners, as VOC tools draw them: xmin == xmax is what a
         # click without a drag produces (BCCD 00338, 00343), not a real 1-px-wide object.
         if obj.xmax <= obj.xmin or obj.ymax <= obj.ymin:

@@ -31,6 +31,7 @@ from detbench.evaluation.metrics import (
     evaluate_detections,
     to_coco_results,
 )
+from detbench.evaluation.parts import part_metrics
 from detbench.study.config import EvalSettings, TrainHyperparameters
 from detbench.training.device import select_device, select_precision
 from detbench.training.loss import YoloLoss
@@ -215,6 +216,17 @@ def cell_results(
         "eval_seconds": evaluation.seconds,
         "device": str(device),
     }
+    # A merged dataset: each part's images and classes scored on their own as well.
+    parts = part_metrics(
+        manifest.raw,
+        split,
+        {r.id: ImageGroundTruth(boxes=r.boxes_xyxy(), classes=r.classes) for r in dataset.records},
+        evaluation.detections,
+        pr_confidence=settings.pr_confidence,
+        max_detections=settings.max_detections,
+    )
+    if parts:
+        result["parts"] = parts
     return result, coco_results
 
 

@@ -35,7 +35,7 @@ import logging
 import os
 import shutil
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -233,11 +233,20 @@ def _download_first_good(
 # --------------------------------------------------------------------------------------------
 
 
-def load_pretrained(model: YOLO, kind: str, path: str | os.PathLike[str]) -> WeightsLoadReport:
+def load_pretrained(
+    model: YOLO,
+    kind: str,
+    path: str | os.PathLike[str],
+    *,
+    class_names: Sequence[str] | None = None,
+) -> WeightsLoadReport:
     """Load the ``kind`` starting weights at ``path`` into ``model`` (in place).
 
     Detection convs whose class count differs from the file's (80) keep their initialisation,
-    as do the layers past a backbone's cutoff.
+    as do the layers past a backbone's cutoff; except that with ``coco`` weights and
+    ``class_names`` holding COCO's 80 classes in their order (a merged label space, see
+    detbench.data.merge), those classes' detection rows come from the file too
+    (:func:`load_coco_detection_rows`).
     """
     file = starting_weights(model.name, kind)
     if file is None:
@@ -247,7 +256,56 @@ def load_pretrained(model: YOLO, kind: str, path: str | os.PathLike[str]) -> Wei
         model, path, file_num_classes=file.file_num_classes, cutoff=file.cutoff
     )
     log.info("%s weights %s: %s", kind, path.name, describe_load(report, model, file))
+    offset = coco_block_offset(class_names) if kind == "coco" and class_names else None
+    if offset is not None and model.num_classes != file.file_num_classes:
+        load_coco_detection_rows(model, path, offset)
+        log.info(
+            "%s: COCO's 80 class rows loaded into classes %d-%d; the other %d classes keep "
+            "their initialisation",
+            path.name,
+            offset,
+            offset + 79,
+            model.num_classes - 80,
+        )
     return report
+
+
+def coco_block_offset(class_names: Sequence[str]) -> int | None:
+    """Where COCO's 80 classes start in ``class_names``, in COCO's order; None if they are not
+    all there as one block."""
+    from detbench.data.coco import COCO_CLASSES
+
+    names = tuple(class_names)
+    for offset in range(len(names) - len(COCO_CLASSES) + 1):
+        if names[offset : offset + len(COCO_CLASSES)] == COCO_CLASSES:
+            return offset
+    return None
+
+
+def load_coco_detection_rows(model: YOLO, path: Path, offset: int) -> None:
+    """Copy the COCO file's detection rows into a model with more classes (in place).
+
+    Per anchor a detection conv has 5 + nc output rows (x, y, w, h, objectness, classes). The
+    box and objectness rows and the 80 class rows (into classes ``offset`` .. ``offset + 79``)
+    take the file's weights and biases, so the model starts detecting what the COCO model
+    detects. The other classes' rows keep the model's initialisation: PyTorch's default conv
+    weights (seeded) and the class-prior bias of :meth:`YOLO.initialize_biases`
+    (``log(0.6 / (nc - 0.99))``), as with any new class.
+    """
+    import torch
+
+    from detbench.models.build import build_model
+
+    source = build_model(model.name, num_classes=80)
+    load_darknet_weights(source, path)
+    rows = [*range(5), *(5 + offset + c for c in range(80))]
+    with torch.no_grad():
+        for target, origin in zip(model.detection_layers(), source.detection_layers(), strict=True):
+            assert target.bias is not None and origin.bias is not None
+            weight = target.weight.view(model.num_anchors, model.num_outputs, -1)
+            bias = target.bias.view(model.num_anchors, model.num_outputs)
+            weight[:, rows] = origin.weight.view(source.num_anchors, source.num_outputs, -1)
+            bias[:, rows] = origin.bias.view(source.num_anchors, source.num_outputs)
 
 
 def describe_load(report: WeightsLoadReport, model: YOLO, file: WeightsFile) -> str:

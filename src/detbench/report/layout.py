@@ -68,6 +68,7 @@ class ReportLayout:
     grid_epochs: tuple[int, ...]
     batch_sizes: tuple[int, ...]
     root: str = REPORT_DIR
+    joint: bool = False  # a merged dataset: the joint-against-separate section (report.joint)
 
     @property
     def platforms(self) -> tuple[str, ...]:
@@ -146,6 +147,23 @@ class ReportLayout:
                 None,
                 {"table": "dataset manifest"},
                 "dataset.rst",
+            ),
+        ]
+
+    def joint_models(self) -> list[ReportEntry]:
+        """Joint against separate models (detbench.report.joint); only for a merged dataset."""
+        if not self.joint:
+            return []
+        folder = f"{self.root}/joint"
+        return [
+            ReportEntry(f"{folder}/joint.csv"),
+            ReportEntry(f"{folder}/joint.md"),
+            ReportEntry(
+                f"{folder}/joint.html",
+                ACCURACY,
+                "Joint against separate models",
+                {"table": "joint against separate"},
+                "joint.rst",
             ),
         ]
 
@@ -235,7 +253,14 @@ class ReportLayout:
         ]
 
     def all_paths(self) -> list[str]:
-        groups = (self.tables, self.comparison, self.findings, self.dataset, self.plots)
+        groups = (
+            self.tables,
+            self.comparison,
+            self.findings,
+            self.dataset,
+            self.plots,
+            self.joint_models,
+        )
         return [entry.path for group in groups for entry in group()]
 
     # -- passing the layout to the report scripts (Snakemake params) -----------------------
@@ -257,6 +282,7 @@ class ReportLayout:
             grid_epochs=tuple(int(e) for e in params["grid_epochs"]),
             batch_sizes=tuple(int(b) for b in params["batch_sizes"]),
             root=params.get("root", REPORT_DIR),
+            joint=bool(params.get("joint", False)),
         )
 
 
@@ -268,6 +294,8 @@ def build_layout(
     other_cells: Iterable[str | Path] = (),
     reference: str | Path | None = None,
     root: str = REPORT_DIR,
+    *,
+    joint: bool = False,
 ) -> ReportLayout:
     """The layout of a study on ``platform`` with other platforms' cell folders beside it."""
     measured_models: dict[str, dict[str, None]] = {platform: dict.fromkeys(models)}
@@ -294,4 +322,5 @@ def build_layout(
         grid_epochs=tuple(int(e) for e in epochs),
         batch_sizes=tuple(sorted(batches)),
         root=root,
+        joint=joint,
     )

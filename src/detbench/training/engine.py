@@ -11,7 +11,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +38,14 @@ def seed_everything(seed: int) -> None:
 
 
 def build_training_model(
-    settings: TrainSettings, num_classes: int, weights_file: Path | None = None
+    settings: TrainSettings,
+    num_classes: int,
+    weights_file: Path | None = None,
+    *,
+    class_names: Sequence[str] | None = None,
 ) -> nn.Module:
-    """The model with its starting weights: random (seeded), or Darknet's where configured."""
+    """The model with its starting weights: random (seeded), or Darknet's where configured
+    (``class_names`` lets COCO's detection rows seed a label space that holds COCO's 80)."""
     torch.manual_seed(settings.seed)
     model = build_model(settings.model, num_classes=num_classes)
     model.initialize_biases()
@@ -51,7 +56,7 @@ def build_training_model(
             raise DetbenchError(
                 f"models.{settings.model}.weights: {settings.weights!r} needs a Darknet file"
             )
-        load_pretrained(model, settings.weights, weights_file)
+        load_pretrained(model, settings.weights, weights_file, class_names=class_names)
     return model
 
 

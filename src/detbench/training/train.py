@@ -139,7 +139,9 @@ def train(
         manifest = DatasetManifest.load(manifest_path, image_caches)
         eval_dataset = _interim_dataset(manifest, settings, interim_evaluation)
         seed_everything(settings.seed)
-        model = build_training_model(settings, len(manifest.class_names), weights_file).to(device)
+        model = build_training_model(
+            settings, len(manifest.class_names), weights_file, class_names=manifest.class_names
+        ).to(device)
         model = distributed.prepare_model(model, settings.hyp.sync_bn, device)
         state = TrainingState.create(model, settings, precision, device)
         distributed.wrap_forward(state, device)  # DistributedDataParallel with ranks > 1

@@ -56,6 +56,12 @@ class ApiError(Exception):
 
 def create_app(config: WebConfig, registry: ModelRegistry | None = None) -> Flask:
     """The app for ``config``; models are loaded here, once (unless ``registry`` is given)."""
+    if registry is None and config.joint_model is not None:
+        from detbench.web.joint import load_joint_registry
+
+        registry = load_joint_registry(
+            config.joint_model, resolve_device(config.device), config.bccd_origin
+        )
     if registry is None:
         registry = ModelRegistry.from_files(
             resolve_device(config.device),
@@ -87,6 +93,7 @@ def create_app(config: WebConfig, registry: ModelRegistry | None = None) -> Flas
             "index.html",
             slots={key: registry.slots[key].info() for key in MODEL_KEYS},
             blood_cell_classes=",".join(BLOOD_CELL_CLASSES),
+            joint=getattr(registry, "joint", None),
             config=config,
             device=str(registry.device),
         )

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import logging
 import math
 import threading
@@ -55,7 +56,7 @@ from detbench.models import (
 )
 from detbench.models.pretrained import DARKNET_NMS_IOU, DarknetPlacement, darknet_letterbox
 from detbench.models.weights import HEADER_BYTES_INT32_SEEN, HEADER_BYTES_INT64_SEEN
-from detbench.study.cells import WEIGHTS, Cell
+from detbench.study.cells import METRICS, WEIGHTS, Cell
 from detbench.study.config import TrainHyperparameters
 from detbench.training.device import select_precision
 from detbench.web.settings import COCO_IMG_SIZE, InferenceSettings
@@ -220,13 +221,19 @@ class ServedModel:
 
 
 def load_bccd_model(
-    path: str | Path, device: torch.device, origin: str | None = None
+    path: str | Path, device: torch.device, origin: str | None = None, *, joint: bool = False
 ) -> ServedModel:
-    """A trained cell's ``weights.pt`` as the blood-cell model."""
+    """A trained cell's ``weights.pt`` as the blood-cell model; ``joint``: a model that knows
+    the blood-cell classes among others (detbench.web.joint)."""
     path = Path(path)
     model, metadata = load_trained_model(path, device)
     names = tuple(str(n) for n in metadata["class_names"])
-    if sorted(names) != sorted(BLOOD_CELL_CLASSES):
+    if joint and not set(BLOOD_CELL_CLASSES) <= set(names):
+        raise DetbenchError(
+            f"{path}: a joint model must know the blood-cell classes "
+            f"{', '.join(BLOOD_CELL_CLASSES)}; it was trained for {len(names)} others"
+        )
+    if not joint and sorted(names) != sorted(BLOOD_CELL_CLASSES):
         raise DetbenchError(
             f"{path}: trained for classes {list(names)}, not the blood-cell classes "
             f"{', '.join(BLOOD_CELL_CLASSES)}"
@@ -240,7 +247,7 @@ def load_bccd_model(
         f"input {img_size} px"
     )
     served = ServedModel(
-        "bccd",
+        "joint" if joint else "bccd",
         model,
         architecture=str(metadata["model"]),
         class_names=names,
@@ -442,7 +449,7 @@ def _row_to_cell(results: Path, row: dict[str, str]) -> BestCell | None:
     if not math.isfinite(map50) or dataset.startswith("coco") or "/" in platform + model:
         return None
     weights = Cell(platform, model, batch, epochs).file(WEIGHTS, results)
-    if not weights.is_file():
+    if not weights.is_file() or _is_joint_cell(weights.with_name(METRICS)):
         return None
     return BestCell(
         weights=weights,
@@ -454,3 +461,12 @@ def _row_to_cell(results: Path, row: dict[str, str]) -> BestCell | None:
         eval_split=row.get("eval_split", "?"),
         map50=map50,
     )
+
+
+def _is_joint_cell(metrics: Path) -> bool:
+    """A cell trained on a merged dataset (its metrics have parts): served with --joint-model,
+    not as the blood-cell model."""
+    try:
+        return "parts" in json.loads(metrics.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False

@@ -47,6 +47,8 @@ class WebConfig:
     bccd_model: Path | None = None
     bccd_origin: str | None = None  # how the BCCD model was chosen, shown on the page
     coco_weights: Path | None = None
+    # A joint cell's weights.pt (detbench.web.joint): serves both slots, instead of the two above.
+    joint_model: Path | None = None
     coco_img_size: int = COCO_IMG_SIZE
     device: str = "auto"
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB

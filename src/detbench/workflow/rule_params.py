@@ -35,10 +35,19 @@ def train_params(config: Mapping[str, Any], model: str, repeat: int = 0) -> dict
     return {
         "seed": repeat_seed(config, repeat),
         "img_size": config["img_size"],
-        "dataset": {key: config["dataset"][key] for key in TRAINING_DATASET_KEYS},
+        "dataset": _training_dataset(config["dataset"]),
         "weights": model_weights(config, model),
         "train": without_runtime_keys(config["train"]),
     }
+
+
+def _training_dataset(dataset: Mapping[str, Any]) -> dict[str, Any]:
+    """The TRAINING_DATASET_KEYS, and a merged dataset's parts (only where there are, so that
+    no other study's cells rerun)."""
+    params = {key: dataset[key] for key in TRAINING_DATASET_KEYS}
+    if "parts" in dataset:
+        params["parts"] = dataset["parts"]
+    return params
 
 
 def evaluate_params(config: Mapping[str, Any]) -> dict[str, Any]:
