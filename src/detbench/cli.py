@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -164,20 +165,32 @@ def run_serve(args: argparse.Namespace) -> int:
     if threading.current_thread() is threading.main_thread():
         # Kubernetes and Docker stop a container with SIGTERM: leave as on Ctrl-C (exit 0).
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    shown_host = f"[{args.host}]" if ":" in args.host else args.host
     log.info(
-        "serving on http://%s:%d/ with waitress, %d uploads at a time (Ctrl-C to stop)",
-        shown_host,
-        server.effective_port,
+        "serving on %s with waitress, %d uploads at a time (Ctrl-C to stop)",
+        ", ".join(listening_urls(server)),
         config.concurrency,
     )
     try:
-        server.run()
+        server.run()  # returns on Ctrl-C or SIGTERM: waitress catches the KeyboardInterrupt
     except KeyboardInterrupt:
-        log.info("stopped")
+        pass
     finally:
         server.close()
+    log.info("stopped")
     return 0
+
+
+def listening_urls(server: Any) -> list[str]:
+    """``http://host:port/`` for every address a waitress server listens on (waitress reports
+    ports as strings on some versions, numbers on others)."""
+    addresses = getattr(server, "effective_listen", None) or [
+        (server.effective_host, server.effective_port)
+    ]
+    urls = []
+    for host, port in addresses:
+        shown = f"[{host}]" if ":" in str(host) else host
+        urls.append(f"http://{shown}:{port}/")
+    return urls
 
 
 def make_wsgi_server(app: Any, host: str, port: int, config: WebConfig) -> Any:
@@ -185,13 +198,17 @@ def make_wsgi_server(app: Any, host: str, port: int, config: WebConfig) -> Any:
 
     Threads: the detection slots plus two, so the page and /healthz answer while every slot
     is busy. Request bodies stay in memory (the container's file system is read-only) and
-    are capped just above the app's upload limit, which answers 413 itself.
+    are capped just above the app's upload limit, which answers 413 itself; a body over the cap
+    gets waitress' own 413, in the app's JSON (:mod:`detbench.web.wsgi_errors`).
     """
     from waitress.server import create_server
 
+    from detbench.web.wsgi_errors import json_error_channels
+
     body_limit = config.max_upload_bytes + 1024 * 1024  # room for the multipart framing
+
     try:
-        return create_server(
+        server = create_server(
             app,
             host=host,
             port=port,
@@ -206,6 +223,16 @@ def make_wsgi_server(app: Any, host: str, port: int, config: WebConfig) -> Any:
         raise DetbenchError(
             f"--host/--port: cannot listen on {host}:{port} ({error.strerror})"
         ) from None
+    json_error_channels(server, partial(waitress_error_message, config))
+    return server
+
+
+def waitress_error_message(config: WebConfig, status: int, detail: str) -> str:
+    """What a client reads for an error waitress answers itself: for a body over its cap the
+    app's own 413 message."""
+    from detbench.web.app import upload_too_large_message
+
+    return upload_too_large_message(config) if status == 413 else detail
 
 
 def _stop_on_sigterm(signum: int, frame: object) -> None:

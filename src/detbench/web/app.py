@@ -151,10 +151,7 @@ def create_app(config: WebConfig, registry: ModelRegistry | None = None) -> Flas
     def http_error(error: HTTPException) -> Any:
         status = error.code or 500
         if status == 413:
-            message = (
-                f"upload too large: at most {config.max_upload_mb:g} MiB "
-                f"({config.max_upload_bytes:,} bytes) per request"
-            )
+            message = upload_too_large_message(config)
         else:
             message = error.description or error.name
         if request.path.startswith("/api/") or status == 413:
@@ -162,6 +159,13 @@ def create_app(config: WebConfig, registry: ModelRegistry | None = None) -> Flas
         return error
 
     return app
+
+
+def upload_too_large_message(config: WebConfig) -> str:
+    return (
+        f"upload too large: at most {config.max_upload_mb:g} MiB "
+        f"({config.max_upload_bytes:,} bytes) per request"
+    )
 
 
 def _detect(
