@@ -43,9 +43,10 @@ def add_serve_command(subparsers: Subparsers) -> None:
         "serve",
         help="web app: upload an image, count blood cells or detect common objects",
         description=(
-            "Serve the inference web app (page at /, JSON API POST /api/detect, GET /healthz). "
-            "Give the blood-cell model (--bccd-model or --results) and/or the COCO weights; a "
-            "model file that does not exist is left out and the page says so."
+            "Serve the inference web app (page at /, JSON API POST /api/detect, GET /api/models, "
+            "GET /healthz). Give the blood-cell model (--bccd-model or --results) and/or the "
+            "COCO weights; a model file that does not exist is left out and the page says so. "
+            "With --results every evaluated cell there can be picked per request."
         ),
     )
     bccd = parser.add_mutually_exclusive_group()
@@ -59,7 +60,8 @@ def add_serve_command(subparsers: Subparsers) -> None:
         "--results",
         type=Path,
         metavar="DIR",
-        help="serve the best blood-cell cell by mAP@0.5 in DIR/summary.csv (any platform)",
+        help="serve the best blood-cell cell by mAP@0.5 in DIR/summary.csv (any platform) as "
+        "'bccd', and offer every evaluated cell under DIR in the model picker",
     )
     parser.add_argument(
         "--coco-weights",
@@ -125,6 +127,14 @@ def add_serve_command(subparsers: Subparsers) -> None:
         help="larger uploads are decoded reduced to this longer side (default "
         f"{settings.DEFAULT_MAX_DECODE_SIDE})",
     )
+    parser.add_argument(
+        "--model-cache",
+        type=_positive_int,
+        default=settings.DEFAULT_MODEL_CACHE,
+        metavar="N",
+        help="trained cells held loaded at once for the model picker, least recently used "
+        f"unloaded first (default {settings.DEFAULT_MODEL_CACHE}; a YOLOv3 model is ~250 MB)",
+    )
     parser.set_defaults(handler=run_serve)
 
 
@@ -154,6 +164,8 @@ def serve_config(args: argparse.Namespace) -> WebConfig:
         concurrency=args.concurrency,
         queue_timeout_s=args.queue_timeout,
         max_connections=args.max_connections,
+        results_dir=args.results,
+        model_cache_size=args.model_cache,
     )
 
 

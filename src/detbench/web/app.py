@@ -1,4 +1,4 @@
-"""The Flask app: the upload page, ``POST /api/detect`` and ``GET /healthz``.
+"""The Flask app: the upload page, ``POST /api/detect``, ``GET /api/models``, ``GET /healthz``.
 
 Uploads are parsed into memory (never a temporary file, let alone one named after the user's
 file) and bounded by ``MAX_CONTENT_LENGTH``; images are decoded with a pixel limit checked
@@ -12,6 +12,9 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
 from typing import IO, Any
 
 import torch
@@ -22,6 +25,7 @@ from detbench.errors import DetbenchError
 from detbench.training.device import select_device
 from detbench.web.draw import annotate, png_data_url
 from detbench.web.images import ImageRejected, decode_upload
+from detbench.web.model_picker import CellModel, ModelPicker
 from detbench.web.registry import (
     BLOOD_CELL_CLASSES,
     MODEL_KEYS,
@@ -54,8 +58,13 @@ class ApiError(Exception):
         self.message = message
 
 
-def create_app(config: WebConfig, registry: ModelRegistry | None = None) -> Flask:
-    """The app for ``config``; models are loaded here, once (unless ``registry`` is given)."""
+def create_app(
+    config: WebConfig,
+    registry: ModelRegistry | None = None,
+    extra_results_dirs: Callable[[], list[Path]] | None = None,
+) -> Flask:
+    """The app for ``config``; models are loaded here, once (unless ``registry`` is given).
+    ``extra_results_dirs`` adds results folders to the model picker (the training runs')."""
     if registry is None:
         registry = ModelRegistry.from_files(
             resolve_device(config.device),
@@ -67,7 +76,12 @@ def create_app(config: WebConfig, registry: ModelRegistry | None = None) -> Flas
     app = Flask(__name__)
     app.request_class = InMemoryRequest
     app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes
-    app.extensions["detbench"] = {"config": config, "registry": registry}
+    picker = ModelPicker(
+        partial(picker_results_dirs, config, extra_results_dirs),
+        registry.device,
+        config.model_cache_size,
+    )
+    app.extensions["detbench"] = {"config": config, "registry": registry, "picker": picker}
     # Decoding and inference hold most of a request's memory: at most `concurrency` at once.
     slots = threading.BoundedSemaphore(config.concurrency)
 
@@ -89,7 +103,14 @@ def create_app(config: WebConfig, registry: ModelRegistry | None = None) -> Flas
             blood_cell_classes=",".join(BLOOD_CELL_CLASSES),
             config=config,
             device=str(registry.device),
+            cells=picker.models(),
+            cell_label=cell_label,
+            selected=request.args.get("model", ""),
         )
+
+    @app.get("/api/models")
+    def models() -> Any:
+        return jsonify(models_body(registry, picker))
 
     @app.get("/healthz")
     def healthz() -> Any:
@@ -110,7 +131,7 @@ def create_app(config: WebConfig, registry: ModelRegistry | None = None) -> Flas
         started = time.perf_counter()
         key = request.form.get("model") or (registry.available() or ["bccd"])[0]
         try:
-            served = registry.get(key)
+            served = registry.get(key) if key in MODEL_KEYS else picker.get(key)
         except ModelUnavailable as error:
             raise ApiError(400, str(error)) from None
         confidence = _parse_confidence(request.form.get("confidence"), config.default_confidence)
@@ -159,6 +180,36 @@ def create_app(config: WebConfig, registry: ModelRegistry | None = None) -> Flas
         return error
 
     return app
+
+
+def picker_results_dirs(
+    config: WebConfig, extra: Callable[[], list[Path]] | None = None
+) -> list[Path]:
+    """The folders the model picker lists cells from: --results, then the training runs'."""
+    own = [config.results_dir] if config.results_dir is not None else []
+    return own + (extra() if extra is not None else [])
+
+
+def models_body(registry: ModelRegistry, picker: ModelPicker) -> dict[str, Any]:
+    """``GET /api/models``: the two fixed models, then every evaluated cell (any ``id`` here is
+    a valid ``model`` for ``POST /api/detect``), and what the cache holds."""
+    fixed = [
+        {"id": key, "fixed": True, **registry.slots[key].info()}
+        for key in MODEL_KEYS
+        if registry.slots[key].served is not None
+    ]
+    cells = [{**model.to_json(), "fixed": False} for model in picker.models()]
+    return {
+        "models": fixed + cells,
+        "cache": {"capacity": picker.capacity, "loaded": picker.loaded()},
+    }
+
+
+def cell_label(model: CellModel) -> str:
+    """One line per cell in the page's model list: what it is and how good and slow it was."""
+    score = "not scored" if model.map50 is None else f"mAP@0.5 {model.map50:.3f}"
+    trained = "" if model.train_seconds is None else f", trained {model.train_seconds:.0f} s"
+    return f"{model.id}: {model.dataset}, {score} ({model.eval_split} split){trained}"
 
 
 def upload_too_large_message(config: WebConfig) -> str:

@@ -28,6 +28,8 @@ MIN_CONFIDENCE = 0.001
 # Darknet's yolov3.cfg / yolov3-tiny.cfg input size, which the official COCO weights were
 # evaluated at.
 COCO_IMG_SIZE = 416
+# Trained cells the model picker holds loaded at once (a YOLOv3 model is ~250 MB of float32).
+DEFAULT_MODEL_CACHE = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +59,10 @@ class WebConfig:
     queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     inference: InferenceSettings = dataclasses.field(default_factory=InferenceSettings)
+    # The model picker: every evaluated cell under results_dir (and under the training runs'
+    # folders), loaded on first use into a cache of at most model_cache_size models.
+    results_dir: Path | None = None
+    model_cache_size: int = DEFAULT_MODEL_CACHE
 
     @property
     def max_upload_bytes(self) -> int:
