@@ -38,6 +38,7 @@ Subparsers = Any  # argparse's _SubParsersAction, which it does not export
 def add_serve_command(subparsers: Subparsers) -> None:
     from detbench.web import settings
     from detbench.web.settings import COCO_IMG_SIZE, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB
+    from detbench.web.train_options import add_training_arguments
 
     parser = subparsers.add_parser(
         "serve",
@@ -135,6 +136,7 @@ def add_serve_command(subparsers: Subparsers) -> None:
         help="trained cells held loaded at once for the model picker, least recently used "
         f"unloaded first (default {settings.DEFAULT_MODEL_CACHE}; a YOLOv3 model is ~250 MB)",
     )
+    add_training_arguments(parser)
     parser.set_defaults(handler=run_serve)
 
 
@@ -142,6 +144,7 @@ def serve_config(args: argparse.Namespace) -> WebConfig:
     """The WebConfig for parsed ``serve`` arguments (picks the best cell for --results)."""
     from detbench.web.registry import best_bccd_cell
     from detbench.web.settings import WebConfig
+    from detbench.web.train_options import training_settings
 
     bccd_model, origin = args.bccd_model, None
     if args.results is not None:
@@ -166,6 +169,7 @@ def serve_config(args: argparse.Namespace) -> WebConfig:
         max_connections=args.max_connections,
         results_dir=args.results,
         model_cache_size=args.model_cache,
+        training=training_settings(args),
     )
 
 
@@ -173,7 +177,8 @@ def run_serve(args: argparse.Namespace) -> int:
     from detbench.web.app import create_app
 
     config = serve_config(args)
-    server = make_wsgi_server(create_app(config), args.host, args.port, config)
+    app = create_app(config)
+    server = make_wsgi_server(app, args.host, args.port, config)
     if threading.current_thread() is threading.main_thread():
         # Kubernetes and Docker stop a container with SIGTERM: leave as on Ctrl-C (exit 0).
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
@@ -188,6 +193,9 @@ def run_serve(args: argparse.Namespace) -> int:
         pass
     finally:
         server.close()
+        training_queue = app.extensions["detbench"].get("training_queue")
+        if training_queue is not None:
+            training_queue.close()  # running runs resume at the next start
     log.info("stopped")
     return 0
 
@@ -217,7 +225,7 @@ def make_wsgi_server(app: Any, host: str, port: int, config: WebConfig) -> Any:
 
     from detbench.web.wsgi_errors import json_error_channels
 
-    body_limit = config.max_upload_bytes + 1024 * 1024  # room for the multipart framing
+    body_limit = config.max_request_bytes + 1024 * 1024  # room for the multipart framing
 
     try:
         server = create_server(

@@ -76,12 +76,24 @@ def create_app(
     app = Flask(__name__)
     app.request_class = InMemoryRequest
     app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes
+    training = None
+    if config.training is not None:
+        from detbench.web.train_routes import start_training, training_blueprint
+
+        training = start_training(config.training)
+        extra_results_dirs = training[0].results_dirs
+        app.register_blueprint(training_blueprint(config.training, *training))
     picker = ModelPicker(
         partial(picker_results_dirs, config, extra_results_dirs),
         registry.device,
         config.model_cache_size,
     )
-    app.extensions["detbench"] = {"config": config, "registry": registry, "picker": picker}
+    app.extensions["detbench"] = {
+        "config": config,
+        "registry": registry,
+        "picker": picker,
+        "training_queue": training[0] if training is not None else None,
+    }
     # Decoding and inference hold most of a request's memory: at most `concurrency` at once.
     slots = threading.BoundedSemaphore(config.concurrency)
 
@@ -105,6 +117,7 @@ def create_app(
             device=str(registry.device),
             cells=picker.models(),
             cell_label=cell_label,
+            training=config.training is not None,
             selected=request.args.get("model", ""),
         )
 

@@ -1,0 +1,301 @@
+"""Training from the web page: the token and CSRF checks, the form validated by the config
+schema, the bounded queue, uploaded VOC zips, and (slow) real Snakemake runs: one to the end,
+one cancelled, one whose server is killed mid-run and restarted."""
+
+from __future__ import annotations
+
+import io
+import sys
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from flask import Flask
+
+from detbench.web.runs import WorkflowCommand
+from detbench.web.settings import TrainingSettings
+from detbench.web.train_routes import CSRF_COOKIE, training_blueprint
+from detbench.web.training_queue import TrainingQueue
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+TOKEN = "test-token-0123456789abcdef"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+TIMEOUT_S = 300  # a tiny run takes ~30 s alone; the CPU is shared
+
+# The smallest study a run can be: 4 synthetic training images of 128x96 at 64 px, 1 epoch.
+BASE_CONFIG = {
+    "platform": "base",
+    "dataset": {
+        "name": "synthetic-web",
+        "source": "synthetic",
+        "classes": ["RBC", "WBC", "Platelets"],
+        "synthetic": {"train": 4, "val": 2, "test": 2, "width": 128, "height": 96},
+    },
+    "models": {"yolov3-tiny": {"weights": "scratch"}},
+    "batch_sizes": [2],
+    "epochs": [1],
+    "img_size": 64,
+    "train": {"workers": 0, "eval_interval_epochs": 1, "checkpoint_interval_s": 0},
+    "evaluate": {"batch_size": 2},
+}
+FORM = {"model": "yolov3-tiny", "weights": "scratch", "batch": "2", "epochs": "1",
+        "lr0": "0.01", "img_size": "64", "dataset": "configured"}  # fmt: skip
+
+
+def training_settings(tmp_path: Path, **overrides: Any) -> TrainingSettings:
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(BASE_CONFIG))
+    values: dict[str, Any] = {
+        "token": TOKEN,
+        "runs_dir": tmp_path / "runs",
+        "base_config": base,
+        "snakefile": REPO / "Snakefile",
+        "profile": REPO / "profiles" / "local",
+        "snakemake": SNAKEMAKE,
+        "cores": 1,
+        "max_waiting": 2,
+    }
+    values.update(overrides)
+    return TrainingSettings(**values)
+
+
+@pytest.fixture
+def routes(tmp_path: Path) -> Iterator[tuple[Any, TrainingQueue]]:
+    """The training routes over a queue whose scheduler is not started: runs only wait."""
+    from detbench.web.runs import load_base_config
+
+    settings = training_settings(tmp_path)
+    command = WorkflowCommand(SNAKEMAKE, settings.snakefile, settings.profile, 1)
+    queue = TrainingQueue(settings.runs_dir, command, max_waiting=settings.max_waiting)
+    app = Flask("detbench.web.app")
+    app.register_blueprint(
+        training_blueprint(settings, queue, load_base_config(settings.base_config))
+    )
+    try:
+        yield app.test_client(), queue
+    finally:
+        queue.close()
+
+
+def form_client(client: Any) -> str:
+    """Open the Train page (sets the CSRF cookie) and return the CSRF token it embeds."""
+    page = client.get("/train").get_data(as_text=True)
+    marker = 'name="csrf_token" id="csrf-token" value="'
+    return page.split(marker, 1)[1].split('"', 1)[0]
+
+
+def submit(client: Any, fields: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
+    return client.post(
+        "/api/train/runs", data=fields, headers=headers or {}, content_type="multipart/form-data"
+    )
+
+
+def one_line_error(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.get_data(as_text=True)
+    body = response.get_json()
+    assert isinstance(body["error"], str) and "\n" not in body["error"]
+    return body
+
+
+# --------------------------------------------------------------------------------------------
+# Token, CSRF, validation, queue bound
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("how", "expected"),
+    [
+        ("none", "missing or wrong token"),
+        ("wrong form token", "missing or wrong token"),
+        ("wrong bearer", "wrong token"),
+        ("right token, no CSRF", "CSRF token is missing or stale"),
+        ("right token, wrong CSRF", "CSRF token is missing or stale"),
+    ],
+)
+def test_no_or_wrong_token_is_403_and_nothing_queued(
+    routes: tuple[Any, TrainingQueue], how: str, expected: str
+) -> None:
+    client, queue = routes
+    csrf = form_client(client)
+    fields: dict[str, Any] = dict(FORM)
+    headers: dict[str, str] = {}
+    if how == "wrong form token":
+        fields.update(token="x" * len(TOKEN), csrf_token=csrf)
+    elif how == "wrong bearer":
+        headers = {"Authorization": "Bearer nope"}
+    elif how == "right token, no CSRF":
+        fields["token"] = TOKEN
+    elif how == "right token, wrong CSRF":
+        fields.update(token=TOKEN, csrf_token=csrf[::-1])
+    assert expected in one_line_error(submit(client, fields, headers), 403)["error"]
+    assert queue.runs() == [] and not list(queue.runs_dir.glob("run-*"))
+    assert one_line_error(client.get("/api/train/runs"), 403)
+
+
+def test_form_with_token_and_csrf_queues_a_run(routes: tuple[Any, TrainingQueue]) -> None:
+    client, queue = routes
+    csrf = form_client(client)
+    assert client.get_cookie(CSRF_COOKIE).value == csrf
+    response = submit(client, {**FORM, "token": TOKEN, "csrf_token": csrf, "lr0": "0.002"})
+    assert response.status_code == 202, response.get_json()
+    run = response.get_json()
+    assert (run["state"], run["cell"]) == ("queued", f"web-{run['id']}/yolov3-tiny/b2_e1")
+    config = yaml.safe_load((queue.runs_dir / f"run-{run['id']}" / "config.yaml").read_text())
+    assert config["platform"] == f"web-{run['id']}" and config["train"]["lr0"] == 0.002
+    assert config["dataset"]["name"] == "synthetic-web"  # the configured dataset
+    shown = client.get(f"/api/train/runs/{run['id']}", headers=BEARER).get_json()
+    assert shown["state"] == "queued" and shown["progress"]["epoch"] == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("lr0", "-1", "lr0: -1"),
+        ("lr0", "fast", "lr0: 'fast'"),
+        ("batch", "0", "batch: 0 is less than the minimum of 1"),
+        ("epochs", "many", "epochs: 'many'"),
+        ("img_size", "100", "img_size: 100 is not a multiple of 32"),
+        ("model", "yolo9000", "model: 'yolo9000'"),
+        ("weights", "imagenet", "weights: 'imagenet' is not one of"),
+        ("dataset", "mine", "dataset: 'configured' or 'upload'"),
+    ],
+)
+def test_bad_field_is_400_naming_it(
+    routes: tuple[Any, TrainingQueue], field: str, value: str, problem: str
+) -> None:
+    client, queue = routes
+    body = one_line_error(submit(client, {**FORM, field: value}, BEARER), 400)
+    assert body["field"] == field and body["error"].startswith(problem), body
+    assert queue.runs() == []
+
+
+def test_full_queue_is_429(routes: tuple[Any, TrainingQueue]) -> None:
+    client, queue = routes
+    for _ in range(queue.max_waiting):
+        assert submit(client, FORM, BEARER).status_code == 202
+    response = submit(client, FORM, BEARER)
+    assert "training queue is full: 2 runs waiting" in one_line_error(response, 429)["error"]
+    assert response.headers["Retry-After"]
+    assert queue.waiting() == 2 and len(queue.runs()) == 2
+    # A waiting run can be cancelled, which makes room again.
+    first = queue.runs()[-1].id
+    cancelled = client.post(f"/api/train/runs/{first}/cancel", headers=BEARER).get_json()
+    assert cancelled["state"] == "cancelled"
+    assert submit(client, FORM, BEARER).status_code == 202
+
+
+# --------------------------------------------------------------------------------------------
+# Uploaded VOC zips
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def voc_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from detbench.data.synthetic import generate_synthetic_voc
+
+    root = tmp_path_factory.mktemp("voc") / "mydata"
+    generate_synthetic_voc(
+        root, num_images={"train": 4, "val": 1, "test": 2}, image_size=(128, 96), seed=1
+    )
+    return root
+
+
+def zip_of(folder: Path, extra: dict[str, bytes] | None = None, prefix: str = "mydata/") -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path, prefix + str(path.relative_to(folder)))
+        for name, data in (extra or {}).items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def submit_zip(client: Any, data: bytes) -> Any:
+    fields = {**FORM, "dataset": "upload", "dataset_zip": (io.BytesIO(data), "data.zip")}
+    return submit(client, fields, BEARER)
+
+
+def test_good_zip_is_queued_with_its_classes(
+    routes: tuple[Any, TrainingQueue], voc_folder: Path
+) -> None:
+    client, queue = routes
+    response = submit_zip(client, zip_of(voc_folder))
+    assert response.status_code == 202, response.get_json()
+    run_id = response.get_json()["id"]
+    folder = queue.runs_dir / f"run-{run_id}"
+    dataset = yaml.safe_load((folder / "config.yaml").read_text())["dataset"]
+    assert dataset["name"] == f"upload-{run_id}"
+    assert dataset["classes"] == ["Platelets", "RBC", "WBC"]
+    assert Path(dataset["source"]) == (folder / "dataset" / "mydata").resolve()
+    assert (Path(dataset["source"]) / "ImageSets" / "Main" / "train.txt").is_file()
+    assert not list((queue.runs_dir / ".staging").glob("*"))
+
+
+def corrupt_jpeg_zip(folder: Path) -> bytes:
+    first = sorted((folder / "JPEGImages").glob("*.jpg"))[0]
+    broken = first.read_bytes()[: len(first.read_bytes()) // 3]  # cut off mid-scan
+    return _replace_member(folder, first, broken)
+
+
+def _replace_member(folder: Path, member: Path, data: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                name = "mydata/" + str(path.relative_to(folder))
+                archive.writestr(name, data if path == member else path.read_bytes())
+    return buffer.getvalue()
+
+
+def bomb_zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("mydata/JPEGImages/bomb.jpg", b"\0" * (64 << 20))  # 64 MiB -> ~64 kB
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("slip", "dataset_zip: zip member '../evil.txt': path leaves the folder ('..')"),
+        ("absolute", "dataset_zip: zip member '/etc/evil': absolute path"),
+        ("bomb", "dataset_zip: zip member 'mydata/JPEGImages/bomb.jpg': unpacks"),
+        ("corrupt jpeg", "dataset_zip: the zip: 1 bad image or annotation file(s)"),
+        ("not a zip", "dataset_zip: not a zip file"),
+        ("no voc", "dataset_zip: no Pascal VOC dataset in the zip"),
+    ],
+)
+def test_bad_zips_are_refused_with_one_line(
+    routes: tuple[Any, TrainingQueue], voc_folder: Path, kind: str, expected: str
+) -> None:
+    client, queue = routes
+    data = {
+        "slip": lambda: zip_of(voc_folder, {"../evil.txt": b"x"}),
+        "absolute": lambda: zip_of(voc_folder, {"/etc/evil": b"x"}),
+        "bomb": bomb_zip,
+        "corrupt jpeg": lambda: corrupt_jpeg_zip(voc_folder),
+        "not a zip": lambda: b"PK\x03\x04 not really",
+        "no voc": lambda: zip_of(voc_folder / "JPEGImages", prefix=""),
+    }[kind]()
+    body = one_line_error(submit_zip(client, data), 400)
+    assert body["error"].startswith(expected) and body["field"] == "dataset_zip", body
+    if kind == "corrupt jpeg":
+        assert "JPEGImages/Synth_00000.jpg" in body["error"], body
+    assert queue.runs() == [] and not list(queue.runs_dir.glob("run-*"))
+    assert not (queue.runs_dir.parent / "evil.txt").exists()
+    assert not list((queue.runs_dir / ".staging").glob("*"))
+
+
+def test_zip_limits_on_members_and_unpacked_size(tmp_path: Path, voc_folder: Path) -> None:
+    from detbench.web.uploads import UploadRejected, ZipLimits, unpack_zip
+
+    data = zip_of(voc_folder)
+    with pytest.raises(UploadRejected, match=r"^zip has \d+ members, at most 5$"):
+        unpack_zip(data, tmp_path / "a", ZipLimits(max_members=5))
+    with pytest.raises(UploadRejected, match=r"^zip unpacks to .* MiB, at most 0 MiB$"):
+        unpack_zip(data, tmp_path / "b", ZipLimits(max_unpacked_bytes=1000))
