@@ -5,7 +5,14 @@ one cancelled, one whose server is killed mid-run and restarted."""
 from __future__ import annotations
 
 import io
+import json
+import os
+import signal
+import subprocess
 import sys
+import time
+import urllib.parse
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,11 +21,12 @@ from typing import Any
 import pytest
 import yaml
 from flask import Flask
+from test_web import free_port, write_bccd_weights
 
 from detbench.web.runs import WorkflowCommand
 from detbench.web.settings import TrainingSettings
 from detbench.web.train_routes import CSRF_COOKIE, training_blueprint
-from detbench.web.training_queue import TrainingQueue
+from detbench.web.training_queue import TrainingQueue, group_alive
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -285,7 +293,7 @@ def test_bad_zips_are_refused_with_one_line(
     body = one_line_error(submit_zip(client, data), 400)
     assert body["error"].startswith(expected) and body["field"] == "dataset_zip", body
     if kind == "corrupt jpeg":
-        assert "JPEGImages/Synth_00000.jpg" in body["error"], body
+        assert "(s): JPEGImages/Synth_00000.jpg: damaged image" in body["error"], body
     assert queue.runs() == [] and not list(queue.runs_dir.glob("run-*"))
     assert not (queue.runs_dir.parent / "evil.txt").exists()
     assert not list((queue.runs_dir / ".staging").glob("*"))
@@ -299,3 +307,160 @@ def test_zip_limits_on_members_and_unpacked_size(tmp_path: Path, voc_folder: Pat
         unpack_zip(data, tmp_path / "a", ZipLimits(max_members=5))
     with pytest.raises(UploadRejected, match=r"^zip unpacks to .* MiB, at most 0 MiB$"):
         unpack_zip(data, tmp_path / "b", ZipLimits(max_unpacked_bytes=1000))
+
+
+# --------------------------------------------------------------------------------------------
+# Real runs: Snakemake trains the cell (slow)
+# --------------------------------------------------------------------------------------------
+
+
+def wait_until(check: Any, what: str, timeout_s: float = TIMEOUT_S) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def training_app(tmp_path: Path) -> Iterator[Any]:
+    """The whole app with training on and its scheduler running."""
+    from detbench.web import WebConfig, create_app
+
+    config = WebConfig(
+        bccd_model=write_bccd_weights(tmp_path / "weights.pt"),
+        device="cpu",
+        training=training_settings(tmp_path),
+    )
+    app = create_app(config)
+    try:
+        yield app
+    finally:
+        app.extensions["detbench"]["training_queue"].close()
+
+
+def run_state(client: Any, run_id: int) -> dict[str, Any]:
+    return client.get(f"/api/train/runs/{run_id}", headers=BEARER).get_json()
+
+
+@pytest.mark.slow
+def test_cancel_ends_the_process_group_and_leaves_no_finished_looking_cell(
+    training_app: Any,
+) -> None:
+    client = training_app.test_client()
+    queue = training_app.extensions["detbench"]["training_queue"]
+    run = submit(client, {**FORM, "epochs": "12"}, BEARER).get_json()
+    run_id, cell = run["id"], run["cell"]
+    cell_dir = queue.runs_dir / f"run-{run_id}" / "results" / cell
+    wait_until(lambda: run_state(client, run_id)["progress"]["epoch"] >= 2, "epoch 2")
+    pgid = run_state(client, run_id)["pgid"]
+    assert group_alive(pgid)
+
+    client.post(f"/api/train/runs/{run_id}/cancel", headers=BEARER)
+    final = wait_until(
+        lambda: (body := run_state(client, run_id))["state"] != "running" and body, "cancelled"
+    )
+    assert (final["state"], final["reason"]) == ("cancelled", "cancelled")
+    assert not group_alive(pgid)
+    assert not (cell_dir / "weights.pt").exists() and not (cell_dir / "metrics.json").exists()
+    assert list((cell_dir / "checkpoints").glob("*")), "the checkpoint stays"
+    ids = [m["id"] for m in client.get("/api/models").get_json()["models"]]
+    assert cell not in ids
+
+    # The same run resumes from its checkpoint and finishes.
+    assert client.post(f"/api/train/runs/{run_id}/resume", headers=BEARER).status_code == 200
+    final = wait_until(
+        lambda: (body := run_state(client, run_id))["state"] in ("done", "failed") and body, "done"
+    )
+    assert final["state"] == "done", final
+    assert "resuming" in (cell_dir / "logs" / "train.log").read_text()
+    assert final["test_url"] == f"/?model={cell}"
+    assert cell in [m["id"] for m in client.get("/api/models").get_json()["models"]]
+
+
+def start_server(tmp_path: Path, port: int) -> subprocess.Popen[str]:
+    weights = tmp_path / "weights.pt"
+    if not weights.exists():
+        write_bccd_weights(weights)
+    settings = training_settings(tmp_path)
+    command = [
+        sys.executable, "-m", "detbench.cli", "serve", "--bccd-model", str(weights),
+        "--port", str(port), "--device", "cpu", "--allow-training",
+        "--train-dir", str(settings.runs_dir), "--train-config", str(settings.base_config),
+        "--workflow", str(REPO / "Snakefile"), "--train-profile", str(REPO / "profiles/local"),
+        "--train-cores", "1",
+    ]  # fmt: skip
+    log = (tmp_path / f"server-{time.monotonic_ns()}.log").open("w")
+    process = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "DETBENCH_TRAIN_TOKEN": TOKEN},
+    )  # fmt: skip
+    return process
+
+
+def http_json(url: str, data: bytes | None = None) -> dict[str, Any]:
+    headers = dict(BEARER)
+    if data is not None:
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    request = urllib.request.Request(url, data=data, headers=headers)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def wait_healthy(url: str, process: subprocess.Popen[str]) -> None:
+    def healthy() -> bool:
+        assert process.poll() is None, "the server exited"
+        try:
+            urllib.request.urlopen(f"{url}/healthz", timeout=5).close()
+            return True
+        except OSError:
+            return False
+
+    wait_until(healthy, "the server to answer", 120)
+
+
+@pytest.mark.slow
+def test_server_killed_mid_run_resumes_it_exactly_once(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    first = start_server(tmp_path, port)
+    try:
+        wait_healthy(url, first)
+        form = urllib.parse.urlencode({**FORM, "epochs": "6"}).encode()
+        run = http_json(f"{url}/api/train/runs", form)
+        run_id = run["id"]
+        wait_until(
+            lambda: http_json(f"{url}/api/train/runs/{run_id}")["progress"]["epoch"] >= 1,
+            "epoch 1",
+        )
+        orphan = http_json(f"{url}/api/train/runs/{run_id}")["pgid"]
+    finally:
+        first.kill()  # no clean shutdown: the run's Snakemake is left running, orphaned
+        first.wait(timeout=30)
+    assert group_alive(orphan)
+
+    second = start_server(tmp_path, port)
+    try:
+        wait_healthy(url, second)
+        assert not group_alive(orphan)  # ended by the new server before it resumed the run
+        final = wait_until(
+            lambda: (
+                (body := http_json(f"{url}/api/train/runs/{run_id}"))["state"]
+                in ("done", "failed", "cancelled")
+                and body
+            ),
+            "the run to end",
+        )
+        runs = http_json(f"{url}/api/train/runs")["runs"]
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=60)
+    assert final["state"] == "done", final
+    assert final["attempts"] == 2 and [r["id"] for r in runs] == [run_id]
+    folder = tmp_path / "runs" / f"run-{run_id}"
+    assert (folder / "results" / final["cell"] / "metrics.json").is_file()
+    assert "--- resuming" in (folder / "snakemake.log").read_text()
+    # The cell's own train job was run again from the workflow's resume.
+    assert "resuming" in (folder / "results" / final["cell"] / "logs" / "train.log").read_text()

@@ -327,7 +327,12 @@ class TrainingQueue:
             if not self._set(run.id, "queued", state="running", started=time.time(),
                              attempts=run.attempts + 1):  # fmt: skip
                 continue  # cancelled meanwhile
-            self._launch(run)
+            try:
+                self._launch(run)
+            except (OSError, ValueError) as error:
+                reason = f"could not start snakemake: {error}"
+                self._set(run.id, "running", state="failed", finished=time.time(), reason=reason)
+                log.error("training run %d: %s", run.id, reason)
 
     def _launch(self, run: Run) -> None:
         folder = run_folder(self.runs_dir, run.id)

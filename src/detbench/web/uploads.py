@@ -155,7 +155,12 @@ def one_line(error: DetbenchError, folder: Path) -> str:
     """A conversion error (a header and one line per bad file) as one line, naming files
     inside the zip rather than on the server."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = "; ".join(lines[:2]) + (f"; and {len(lines) - 2} more" if len(lines) > 2 else "")
+    # The header's advice (dataset.on_bad_image) is for a config file, not for an upload.
+    text = lines[0].split("; fix them", 1)[0].rstrip(":")
+    if len(lines) > 1:
+        text += f": {lines[1]}"
+    if len(lines) > 2:
+        text += f"; and {len(lines) - 2} more"
     return text.replace(f"{folder}/", "").replace(str(folder), "the zip")
 
 
