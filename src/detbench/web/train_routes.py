@@ -15,6 +15,7 @@ copy it into the form). A missing or wrong token is 403 before anything is queue
 from __future__ import annotations
 
 import hmac
+import json
 import secrets
 import shutil
 import uuid
@@ -68,8 +69,18 @@ def run_body(queue: TrainingQueue, run: Run) -> dict[str, Any]:
     except OSError:
         return body
     body["progress"] = progress(folder, config)
-    done = run.state == "done" and run_cell(config).file(METRICS, folder / "results").is_file()
+    metrics_file = run_cell(config).file(METRICS, folder / "results")
+    done = run.state == "done" and metrics_file.is_file()
     body["test_url"] = f"/?model={run.cell}" if done else None
+    body["evaluation"] = None
+    if done:
+        metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+        body["evaluation"] = {
+            "map50": metrics["metrics"]["map50"],
+            "map50_95": metrics["metrics"]["map50_95"],
+            "split": metrics["split"],
+            "num_images": metrics["num_images"],
+        }
     return body
 
 

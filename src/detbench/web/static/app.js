@@ -46,7 +46,8 @@
   cellSelect.addEventListener("focus", refreshCells);
 
   slider.addEventListener("input", () => {
-    sliderValue.value = Number(slider.value).toFixed(2);
+    const value = Number(slider.value);
+    sliderValue.value = value < 0.01 ? value.toFixed(3) : value.toFixed(2);
   });
 
   // "RBC: 14, WBC: 1, Platelets: 0": every blood-cell class (a zero is a result too); for

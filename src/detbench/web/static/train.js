@@ -42,7 +42,8 @@
   const render = (run) => {
     const p = run.progress || {};
     title.textContent = `Run ${run.id}: ${run.cell}`;
-    state.textContent = `State: ${run.state}${p.stage ? ` (Snakemake rule: ${p.stage})` : ""}`;
+    const stage = run.state === "running" && p.stage ? ` (Snakemake rule: ${p.stage})` : "";
+    state.textContent = `State: ${run.state}${stage}`;
     state.dataset.state = run.state;
     const parts = [`epoch ${p.epoch || 0} / ${p.epochs || "?"}`];
     if (p.losses) {
@@ -51,6 +52,11 @@
     }
     if (p.interim_map50 !== null && p.interim_map50 !== undefined) {
       parts.push(`interim mAP@0.5 ${p.interim_map50.toFixed(3)}`);
+    }
+    if (run.evaluation) {
+      const e = run.evaluation;
+      parts.push(`evaluated: mAP@0.5 ${e.map50.toFixed(3)}, mAP@0.5:0.95 ` +
+        `${e.map50_95.toFixed(3)} on the ${e.split} split (${e.num_images} images)`);
     }
     if (run.state === "running" && p.eta_s !== null && p.eta_s !== undefined) {
       parts.push(`training ETA ${seconds(p.eta_s)} (then the evaluation)`);
