@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 from flask import Flask
-from test_web import free_port, write_bccd_weights
+from test_web import IMG_SIZE, encode, free_port, post_image, smear_image, write_bccd_weights
 
 from detbench.web.runs import WorkflowCommand
 from detbench.web.settings import TrainingSettings
@@ -196,6 +196,30 @@ def test_full_queue_is_429(routes: tuple[Any, TrainingQueue]) -> None:
     assert submit(client, FORM, BEARER).status_code == 202
 
 
+def test_training_is_off_without_allow_training(tmp_path: Path) -> None:
+    from detbench.web import WebConfig, create_app
+
+    app = create_app(WebConfig(bccd_model=write_bccd_weights(tmp_path / "w.pt"), device="cpu"))
+    client = app.test_client()
+    assert client.get("/train").status_code == 404
+    assert one_line_error(submit(client, FORM, BEARER), 404)
+    assert 'href="/train"' not in client.get("/").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("token", [None, "short"])
+def test_allow_training_needs_a_token(
+    token: str | None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from detbench.cli import main
+
+    monkeypatch.delenv("DETBENCH_TRAIN_TOKEN", raising=False)
+    if token is not None:
+        monkeypatch.setenv("DETBENCH_TRAIN_TOKEN", token)
+    assert main(["serve", "--coco-weights", "x.weights", "--allow-training"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("detbench error: --allow-training: set DETBENCH_TRAIN_TOKEN to a")
+
+
 # --------------------------------------------------------------------------------------------
 # Uploaded VOC zips
 # --------------------------------------------------------------------------------------------
@@ -242,6 +266,10 @@ def test_good_zip_is_queued_with_its_classes(
     assert Path(dataset["source"]) == (folder / "dataset" / "mydata").resolve()
     assert (Path(dataset["source"]) / "ImageSets" / "Main" / "train.txt").is_file()
     assert not list((queue.runs_dir / ".staging").glob("*"))
+    # Datasets and Darknet weights are prepared once for all runs.
+    for name in ("datasets", "weights"):
+        link = folder / "results" / name
+        assert link.is_symlink() and link.resolve() == (queue.runs_dir / "shared" / name).resolve()
 
 
 def corrupt_jpeg_zip(folder: Path) -> bytes:
@@ -464,3 +492,36 @@ def test_server_killed_mid_run_resumes_it_exactly_once(tmp_path: Path) -> None:
     assert "--- resuming" in (folder / "snakemake.log").read_text()
     # The cell's own train job was run again from the workflow's resume.
     assert "resuming" in (folder / "results" / final["cell"] / "logs" / "train.log").read_text()
+
+
+RENAMED = {"RBC": "erythrocyte", "WBC": "leukocyte", "Platelets": "thrombocyte"}
+
+
+@pytest.mark.slow
+def test_run_on_an_uploaded_zip_trains_on_its_classes(
+    training_app: Any, voc_folder: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    renamed = shutil.copytree(voc_folder, tmp_path / "mydata")
+    for xml in (renamed / "Annotations").glob("*.xml"):
+        text = xml.read_text()
+        for old, new in RENAMED.items():
+            text = text.replace(f"<name>{old}</name>", f"<name>{new}</name>")
+        xml.write_text(text)
+    client = training_app.test_client()
+    run = submit_zip(client, zip_of(renamed)).get_json()
+    assert run["state"] in ("queued", "running"), run
+    final = wait_until(
+        lambda: (
+            (body := run_state(client, run["id"]))["state"] not in ("queued", "running") and body
+        ),
+        "the run to end",
+    )
+    assert final["state"] == "done", final
+    models = client.get("/api/models").get_json()["models"]
+    (cell,) = [m for m in models if m["id"] == run["cell"]]
+    assert cell["dataset"] == f"upload-{run['id']}" and cell["eval_split"] == "test"
+    image = encode(smear_image(IMG_SIZE, IMG_SIZE))
+    body = post_image(client, image, model=run["cell"], confidence="0.001").get_json()
+    assert body["detections"] and {d["class"] for d in body["detections"]} <= set(RENAMED.values())

@@ -3,7 +3,8 @@
 A run is the workflow itself. Run ``N`` lives in ``<train dir>/run-N/`` (a study folder of its
 own): ``config.yaml`` (the server's base config with the form's values, validated by the config
 schema), ``snakemake.log`` (Snakemake's output), ``dataset/`` (an uploaded VOC zip, unpacked)
-and ``results/`` (Snakemake's working directory's results). Its one cell lands under the
+and ``results/`` (Snakemake's working directory's results; its ``datasets/`` and ``weights/``
+are links to folders every run shares, so each is prepared once). Its one cell lands under the
 platform label ``web-N``: ``results/web-N/{model}/b{batch}_e{epochs}/``, an ordinary cell that
 the summary, the report, a resume and the model picker read as any other.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -267,7 +267,3 @@ def progress(folder: Path, config: Mapping[str, Any]) -> dict[str, Any]:
     if evaluations:
         body["interim_map50"] = float(evaluations[-1]["map50"])
     return body
-
-
-def now() -> float:
-    return time.time()

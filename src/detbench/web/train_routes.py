@@ -44,6 +44,7 @@ from detbench.web.uploads import UploadRejected, ZipLimits, receive_voc_zip
 CSRF_COOKIE = "detbench_csrf"
 MODELS = ("yolov3-tiny", "yolov3")
 STARTING_WEIGHTS = ("scratch", "backbone", "coco")
+SHARED_RESULTS = ("datasets", "weights")
 
 
 class TrainApiError(Exception):
@@ -166,6 +167,7 @@ def training_blueprint(
         def prepare(run_id: int, folder: Path) -> str:
             try:
                 folder.mkdir(parents=True)
+                share_downloads(queue.runs_dir, folder)
                 section = None
                 if staging is not None and dataset is not None:
                     staging.rename(folder / "dataset")
@@ -249,6 +251,17 @@ def training_blueprint(
         return jsonify({"error": message, "field": "dataset_zip"}), 413
 
     return blueprint
+
+
+def share_downloads(runs_dir: Path, folder: Path) -> None:
+    """Point a run's results/datasets and results/weights at folders all runs share, so a
+    dataset is downloaded and converted, and Darknet's weights fetched, once, not per run."""
+    results = folder / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    for name in SHARED_RESULTS:
+        shared = runs_dir / "shared" / name
+        shared.mkdir(parents=True, exist_ok=True)
+        (results / name).symlink_to(shared.resolve(), target_is_directory=True)
 
 
 def start_training(settings: TrainingSettings) -> tuple[TrainingQueue, dict[str, Any]]:

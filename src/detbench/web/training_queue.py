@@ -108,6 +108,16 @@ def group_alive(pgid: int | None) -> bool:
     return True
 
 
+def runs_folder(pgid: int, folder: Path) -> bool:
+    """Whether process ``pgid`` is this run's Snakemake (its command line names the run's
+    folder): after a reboot the number may belong to someone else's process."""
+    try:
+        arguments = Path(f"/proc/{pgid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return str(folder.resolve()).encode() in arguments
+
+
 def end_group(pgid: int, grace_s: float = CANCEL_GRACE_S) -> None:
     """SIGTERM a process group, SIGKILL what is left of it after ``grace_s``."""
     with contextlib.suppress(ProcessLookupError):
@@ -269,9 +279,17 @@ class TrainingQueue:
         with self._connect() as db:
             rows = db.execute("SELECT * FROM runs WHERE state = 'running'").fetchall()
         for run in map(_row_to_run, rows):
+            folder = run_folder(self.runs_dir, run.id)
             if run.pgid is not None and group_alive(run.pgid):
-                log.warning("training run %d: ending its orphaned process group", run.id)
-                end_group(run.pgid, self.cancel_grace_s)
+                if runs_folder(run.pgid, folder):
+                    log.warning("training run %d: ending its orphaned process group", run.id)
+                    end_group(run.pgid, self.cancel_grace_s)
+                else:
+                    log.warning(
+                        "training run %d: process %d is not its Snakemake; left alone",
+                        run.id,
+                        run.pgid,
+                    )
             if run.cancel_requested:
                 self._set(run.id, "running", state="cancelled", finished=time.time(),
                           reason="cancelled", pgid=None)  # fmt: skip
