@@ -525,3 +525,22 @@ def test_run_on_an_uploaded_zip_trains_on_its_classes(
     image = encode(smear_image(IMG_SIZE, IMG_SIZE))
     body = post_image(client, image, model=run["cell"], confidence="0.001").get_json()
     assert body["detections"] and {d["class"] for d in body["detections"]} <= set(RENAMED.values())
+
+
+@pytest.mark.slow
+def test_failed_run_says_why(routes: tuple[Any, TrainingQueue]) -> None:
+    client, queue = routes
+    run = submit(client, FORM, BEARER).get_json()
+    config_file = queue.runs_dir / f"run-{run['id']}" / "config.yaml"
+    # Broken after it was queued (by hand, say): Snakemake refuses it when the run starts.
+    config_file.write_text(config_file.read_text().replace("img_size: 64", "img_size: 33"))
+    queue.start()
+    final = wait_until(
+        lambda: (
+            (body := run_state(client, run["id"]))["state"] not in ("queued", "running") and body
+        ),
+        "the run to fail",
+    )
+    assert final["state"] == "failed" and final["test_url"] is None
+    assert final["reason"].startswith("detbench error: "), final["reason"]
+    assert "key img_size: 33 is not a multiple of 32" in final["reason"]
