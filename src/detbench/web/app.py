@@ -12,10 +12,9 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 from flask import Flask, Request, jsonify, render_template, request
@@ -33,6 +32,9 @@ from detbench.web.registry import (
     ModelUnavailable,
 )
 from detbench.web.settings import MIN_CONFIDENCE, WebConfig
+
+if TYPE_CHECKING:
+    from detbench.web.training_queue import TrainingQueue
 
 log = logging.getLogger("detbench.web")
 
@@ -58,13 +60,9 @@ class ApiError(Exception):
         self.message = message
 
 
-def create_app(
-    config: WebConfig,
-    registry: ModelRegistry | None = None,
-    extra_results_dirs: Callable[[], list[Path]] | None = None,
-) -> Flask:
+def create_app(config: WebConfig, registry: ModelRegistry | None = None) -> Flask:
     """The app for ``config``; models are loaded here, once (unless ``registry`` is given).
-    ``extra_results_dirs`` adds results folders to the model picker (the training runs')."""
+    With ``config.training`` the Train page's queue starts here too."""
     if registry is None:
         registry = ModelRegistry.from_files(
             resolve_device(config.device),
@@ -76,15 +74,13 @@ def create_app(
     app = Flask(__name__)
     app.request_class = InMemoryRequest
     app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes
-    training = None
+    training_queue = None
     if config.training is not None:
-        from detbench.web.train_routes import start_training, training_blueprint
+        from detbench.web.train_routes import add_training
 
-        training = start_training(config.training)
-        extra_results_dirs = training[0].results_dirs
-        app.register_blueprint(training_blueprint(config.training, *training))
+        training_queue = add_training(app, config.training)
     picker = ModelPicker(
-        partial(picker_results_dirs, config, extra_results_dirs),
+        partial(picker_results_dirs, config, training_queue),
         registry.device,
         config.model_cache_size,
     )
@@ -92,7 +88,7 @@ def create_app(
         "config": config,
         "registry": registry,
         "picker": picker,
-        "training_queue": training[0] if training is not None else None,
+        "training_queue": training_queue,
     }
     # Decoding and inference hold most of a request's memory: at most `concurrency` at once.
     slots = threading.BoundedSemaphore(config.concurrency)
@@ -195,12 +191,10 @@ def create_app(
     return app
 
 
-def picker_results_dirs(
-    config: WebConfig, extra: Callable[[], list[Path]] | None = None
-) -> list[Path]:
+def picker_results_dirs(config: WebConfig, training_queue: TrainingQueue | None) -> list[Path]:
     """The folders the model picker lists cells from: --results, then the training runs'."""
     own = [config.results_dir] if config.results_dir is not None else []
-    return own + (extra() if extra is not None else [])
+    return own + (training_queue.results_dirs() if training_queue is not None else [])
 
 
 def models_body(registry: ModelRegistry, picker: ModelPicker) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, jsonify, make_response, render_template, request
+from flask import Blueprint, Flask, jsonify, make_response, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from detbench.errors import DetbenchError
@@ -262,6 +262,13 @@ def share_downloads(runs_dir: Path, folder: Path) -> None:
         shared = runs_dir / "shared" / name
         shared.mkdir(parents=True, exist_ok=True)
         (results / name).symlink_to(shared.resolve(), target_is_directory=True)
+
+
+def add_training(app: Flask, settings: TrainingSettings) -> TrainingQueue:
+    """Start the queue and add the Train page and its API to ``app``."""
+    queue, base = start_training(settings)
+    app.register_blueprint(training_blueprint(settings, queue, base))
+    return queue
 
 
 def start_training(settings: TrainingSettings) -> tuple[TrainingQueue, dict[str, Any]]:

@@ -246,12 +246,8 @@ class TrainingQueue:
         ):
             log.info("training run %d cancelled before it started", run_id)
         elif run.state == "running" and self._set(run_id, "running", cancel_requested=1):
-            log.info("training run %d: cancelling (process group %s)", run_id, run.pgid)
-            if run.pgid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(run.pgid, signal.SIGTERM)
-            self._cancel_deadline[run_id] = time.monotonic() + self.cancel_grace_s
-            self._wake.set()
+            log.info("training run %d: cancelling", run_id)
+            self._wake.set()  # the scheduler signals the process group
         return self.get(run_id)
 
     def resume(self, run_id: int) -> Run | None:
@@ -326,7 +322,7 @@ class TrainingQueue:
         while not self._stop.is_set():
             try:
                 self._reap()
-                self._escalate_cancels()
+                self._signal_cancels()
                 self._start_waiting()
             except Exception:
                 log.exception("training queue: scheduler step failed")
@@ -402,13 +398,28 @@ class TrainingQueue:
         if self._set(run_id, "running", state=state, finished=time.time(), reason=reason):
             log.info("training run %d %s%s", run_id, state, f": {reason}" if reason else "")
 
-    def _escalate_cancels(self) -> None:
-        for run_id, deadline in list(self._cancel_deadline.items()):
+    def _signal_cancels(self) -> None:
+        """SIGTERM the process group of a run whose cancel was asked for, SIGKILL it after the
+        grace period. Here, not in the request, so a run cancelled while it was being started
+        is stopped too."""
+        if not self._processes:
+            return
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT id FROM runs WHERE state = 'running' AND cancel_requested = 1"
+            ).fetchall()
+        for (run_id,) in rows:
             process = self._processes.get(run_id)
-            if process is not None and time.monotonic() > deadline:
+            if process is None:
+                continue
+            if run_id not in self._cancel_deadline:
+                log.info("training run %d: SIGTERM to process group %d", run_id, process.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+                self._cancel_deadline[run_id] = time.monotonic() + self.cancel_grace_s
+            elif time.monotonic() > self._cancel_deadline[run_id]:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
-                self._cancel_deadline.pop(run_id, None)
 
     def results_dirs(self) -> list[Path]:
         """Every run's results folder (for the model picker)."""
