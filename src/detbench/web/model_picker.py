@@ -157,7 +157,15 @@ class ModelPicker:
         return find_cell_models(self.results_dirs())
 
     def find(self, cell_id: str) -> CellModel | None:
-        return next((m for m in self.models() if m.id == cell_id), None)
+        """The finished cell ``cell_id`` (looked up by its folder, not by listing them all)."""
+        cell = Cell.from_folder(cell_id)
+        if cell is None or cell.label() != cell_id:
+            return None
+        for results_dir in self.results_dirs():
+            model = cell_model(Path(results_dir), cell)
+            if model is not None:
+                return model
+        return None
 
     def loaded(self) -> list[str]:
         with self._lock:

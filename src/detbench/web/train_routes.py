@@ -22,11 +22,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import yaml
 from flask import Blueprint, Flask, jsonify, make_response, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from detbench.errors import DetbenchError
 from detbench.study.cells import METRICS
+from detbench.study.config import load_schema
 from detbench.web.runs import (
     FieldError,
     RunRequest,
@@ -42,8 +44,6 @@ from detbench.web.training_queue import QueueFull, Run, TrainingQueue
 from detbench.web.uploads import UploadRejected, ZipLimits, receive_voc_zip
 
 CSRF_COOKIE = "detbench_csrf"
-MODELS = ("yolov3-tiny", "yolov3")
-STARTING_WEIGHTS = ("scratch", "backbone", "coco")
 SHARED_RESULTS = ("datasets", "weights")
 
 
@@ -59,10 +59,15 @@ def _same(supplied: str, expected: str) -> bool:
     return hmac.compare_digest(supplied.encode("utf-8"), expected.encode("utf-8"))
 
 
+def schema_choices() -> tuple[list[str], list[str]]:
+    """The models and starting weights the config schema allows (the form's choices)."""
+    models = load_schema()["properties"]["models"]
+    weights = models["additionalProperties"]["properties"]["weights"]["enum"]
+    return sorted(models["propertyNames"]["enum"], reverse=True), list(weights)
+
+
 def run_body(queue: TrainingQueue, run: Run) -> dict[str, Any]:
     """A run as the API shows it: its record, its progress and, once done, its model."""
-    import yaml
-
     folder = run_folder(queue.runs_dir, run.id)
     body = run.to_json()
     try:
@@ -90,6 +95,7 @@ def training_blueprint(
 ) -> Blueprint:
     blueprint = Blueprint("training", __name__)
     defaults = form_defaults(base)
+    models, starting_weights = schema_choices()
     limits = ZipLimits(
         max_members=settings.max_zip_members,
         max_unpacked_bytes=int(settings.max_unpacked_mb * 1024 * 1024),
@@ -125,8 +131,8 @@ def training_blueprint(
                 "train.html",
                 csrf_token=token,
                 defaults=defaults,
-                models=MODELS,
-                starting_weights=STARTING_WEIGHTS,
+                models=models,
+                starting_weights=starting_weights,
                 dataset=base["dataset"],
                 settings=settings,
                 max_waiting=queue.max_waiting,
