@@ -456,13 +456,12 @@ def test_server_killed_mid_run_resumes_it_exactly_once(tmp_path: Path) -> None:
     first = start_server(tmp_path, port)
     try:
         wait_healthy(url, first)
-        form = urllib.parse.urlencode({**FORM, "epochs": "6"}).encode()
+        # Long enough that the orphaned run still trains when the next server has started.
+        form = urllib.parse.urlencode({**FORM, "epochs": "15"}).encode()
         run = http_json(f"{url}/api/train/runs", form)
         run_id = run["id"]
-        wait_until(
-            lambda: http_json(f"{url}/api/train/runs/{run_id}")["progress"]["epoch"] >= 1,
-            "epoch 1",
-        )
+        checkpoints = tmp_path / "runs" / f"run-{run_id}" / "results" / run["cell"] / "checkpoints"
+        wait_until(lambda: list(checkpoints.glob("*")), "the first checkpoint")
         orphan = http_json(f"{url}/api/train/runs/{run_id}")["pgid"]
     finally:
         first.kill()  # no clean shutdown: the run's Snakemake is left running, orphaned

@@ -97,6 +97,8 @@ def _row_to_run(row: sqlite3.Row) -> Run:
 
 
 def group_alive(pgid: int | None) -> bool:
+    """Whether any process of group ``pgid`` still runs. A zombie does not count: an orphaned
+    Snakemake that finished stays one until init reaps it, yet kill(0) still reaches it."""
     if pgid is None:
         return False
     try:
@@ -105,7 +107,18 @@ def group_alive(pgid: int | None) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for stat_file in proc.glob("[0-9]*/stat"):
+        try:
+            # "pid (comm) state ppid pgrp ...": comm may hold spaces, so split after its ")".
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def runs_folder(pgid: int, folder: Path) -> bool:
