@@ -81,6 +81,13 @@ def test_train_from_the_page_then_test_the_model(
     cell = browser.find_element(By.ID, "run-title").text.split(": ", 1)[1]
     assert cell.startswith("web-1/yolov3-tiny/b2_e1")
     save_screenshot(browser, tmp_path / "web-train-done.png", capsys)
+    # The runs list (a reloaded page finds the run there) has it, done, with its test link.
+    row = wait_for(
+        browser,
+        "const row = document.querySelector('#runs-table tbody tr');"
+        "return row && row.textContent.includes('done') ? row.innerText : null;",
+    )
+    assert row.split() == ["1", cell, "done", "Test", "this", "model"], row
 
     # "Test this model": the upload page with the new cell chosen.
     browser.find_element(By.ID, "test-model").click()

@@ -72,17 +72,71 @@
     }
   };
 
+  const runsSection = document.getElementById("runs");
+  const runsBody = document.querySelector("#runs-table tbody");
+
+  const cellOf = (row, content) => {
+    const td = document.createElement("td");
+    if (typeof content === "string") {
+      td.textContent = content;
+    } else {
+      td.appendChild(content);
+    }
+    row.appendChild(td);
+  };
+
+  // The runs list: a reloaded page finds its runs again.
+  const listRuns = async () => {
+    if (!token.value) {
+      return;
+    }
+    try {
+      const body = await api("/api/train/runs");
+      runsBody.replaceChildren();
+      body.runs.forEach((run) => {
+        const row = document.createElement("tr");
+        cellOf(row, String(run.id));
+        cellOf(row, run.cell);
+        cellOf(row, run.reason && run.state !== "done" ? `${run.state}: ${run.reason}` : run.state);
+        const link = document.createElement("a");
+        link.textContent = run.test_url ? "Test this model" : "Show progress";
+        link.href = run.test_url || "#";
+        if (!run.test_url) {
+          link.addEventListener("click", (event) => {
+            event.preventDefault();
+            follow(run.id);
+          });
+        }
+        cellOf(row, link);
+        runsBody.appendChild(row);
+      });
+      runsSection.hidden = false;
+    } catch (error) {
+      showError(error.message);
+    }
+  };
+  token.addEventListener("change", listRuns);
+
   const poll = async () => {
     try {
       const run = await api(`/api/train/runs/${runId}`);
       render(run);
       if (["queued", "running"].includes(run.state)) {
         setTimeout(poll, POLL_MS);
+      } else {
+        listRuns();
       }
     } catch (error) {
       showError(error.message);
       setTimeout(poll, POLL_MS * 5);
     }
+  };
+
+  const follow = (id) => {
+    runId = id;
+    testLink.hidden = true;
+    section.hidden = false;
+    poll();
   };
 
   form.addEventListener("submit", async (event) => {
@@ -101,11 +155,9 @@
         showError(body.error || `The server answered ${response.status}.`);
         return;
       }
-      runId = body.id;
-      testLink.hidden = true;
-      section.hidden = false;
       render(body);
-      setTimeout(poll, POLL_MS);
+      follow(body.id);
+      listRuns();
     } catch (error) {
       showError(`The server could not be reached (${error.message}).`);
     } finally {
