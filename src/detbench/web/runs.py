@@ -24,8 +24,8 @@ from detbench.errors import DetbenchError
 from detbench.study.cells import WEIGHTS, Cell
 from detbench.study.config import validate_config
 
-# Form field -> the config key it sets (how a schema error is named back to the form).
 FORM_FIELDS = ("model", "weights", "batch", "epochs", "lr0", "img_size", "dataset")
+# The config key a form field sets -> the field (how a schema error is named back to the form).
 _KEY_TO_FIELD = (
     (re.compile(r"^models\.[^.]+\.weights"), "weights"),
     (re.compile(r"^models"), "model"),
