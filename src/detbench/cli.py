@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,14 +38,16 @@ Subparsers = Any  # argparse's _SubParsersAction, which it does not export
 def add_serve_command(subparsers: Subparsers) -> None:
     from detbench.web import settings
     from detbench.web.settings import COCO_IMG_SIZE, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB
+    from detbench.web.train_options import add_training_arguments
 
     parser = subparsers.add_parser(
         "serve",
         help="web app: upload an image, count blood cells or detect common objects",
         description=(
-            "Serve the inference web app (page at /, JSON API POST /api/detect, GET /healthz). "
-            "Give the blood-cell model (--bccd-model or --results) and/or the COCO weights; a "
-            "model file that does not exist is left out and the page says so."
+            "Serve the inference web app (page at /, JSON API POST /api/detect, GET /api/models, "
+            "GET /healthz). Give the blood-cell model (--bccd-model or --results) and/or the "
+            "COCO weights; a model file that does not exist is left out and the page says so. "
+            "With --results every evaluated cell there can be picked per request."
         ),
     )
     bccd = parser.add_mutually_exclusive_group()
@@ -58,7 +61,8 @@ def add_serve_command(subparsers: Subparsers) -> None:
         "--results",
         type=Path,
         metavar="DIR",
-        help="serve the best blood-cell cell by mAP@0.5 in DIR/summary.csv (any platform)",
+        help="serve the best blood-cell cell by mAP@0.5 in DIR/summary.csv (any platform) as "
+        "'bccd', and offer every evaluated cell under DIR in the model picker",
     )
     parser.add_argument(
         "--coco-weights",
@@ -131,6 +135,15 @@ def add_serve_command(subparsers: Subparsers) -> None:
         help="larger uploads are decoded reduced to this longer side (default "
         f"{settings.DEFAULT_MAX_DECODE_SIDE})",
     )
+    parser.add_argument(
+        "--model-cache",
+        type=_positive_int,
+        default=settings.DEFAULT_MODEL_CACHE,
+        metavar="N",
+        help="trained cells held loaded at once for the model picker, least recently used "
+        f"unloaded first (default {settings.DEFAULT_MODEL_CACHE}; a YOLOv3 model is ~250 MB)",
+    )
+    add_training_arguments(parser)
     parser.set_defaults(handler=run_serve)
 
 
@@ -138,6 +151,7 @@ def serve_config(args: argparse.Namespace) -> WebConfig:
     """The WebConfig for parsed ``serve`` arguments (picks the best cell for --results)."""
     from detbench.web.registry import best_bccd_cell
     from detbench.web.settings import WebConfig
+    from detbench.web.train_options import training_settings
 
     joint_model = getattr(args, "joint_model", None)
     if joint_model is not None and (args.bccd_model or args.results or args.coco_weights):
@@ -168,6 +182,9 @@ def serve_config(args: argparse.Namespace) -> WebConfig:
         concurrency=args.concurrency,
         queue_timeout_s=args.queue_timeout,
         max_connections=args.max_connections,
+        results_dir=args.results,
+        model_cache_size=args.model_cache,
+        training=training_settings(args),
     )
 
 
@@ -175,24 +192,40 @@ def run_serve(args: argparse.Namespace) -> int:
     from detbench.web.app import create_app
 
     config = serve_config(args)
-    server = make_wsgi_server(create_app(config), args.host, args.port, config)
+    app = create_app(config)
+    server = make_wsgi_server(app, args.host, args.port, config)
     if threading.current_thread() is threading.main_thread():
         # Kubernetes and Docker stop a container with SIGTERM: leave as on Ctrl-C (exit 0).
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    shown_host = f"[{args.host}]" if ":" in args.host else args.host
     log.info(
-        "serving on http://%s:%d/ with waitress, %d uploads at a time (Ctrl-C to stop)",
-        shown_host,
-        server.effective_port,
+        "serving on %s with waitress, %d uploads at a time (Ctrl-C to stop)",
+        ", ".join(listening_urls(server)),
         config.concurrency,
     )
     try:
-        server.run()
+        server.run()  # returns on Ctrl-C or SIGTERM: waitress catches the KeyboardInterrupt
     except KeyboardInterrupt:
-        log.info("stopped")
+        pass
     finally:
         server.close()
+        training_queue = app.extensions["detbench"].get("training_queue")
+        if training_queue is not None:
+            training_queue.close()  # running runs resume at the next start
+    log.info("stopped")
     return 0
+
+
+def listening_urls(server: Any) -> list[str]:
+    """``http://host:port/`` for every address a waitress server listens on (waitress reports
+    ports as strings on some versions, numbers on others)."""
+    addresses = getattr(server, "effective_listen", None) or [
+        (server.effective_host, server.effective_port)
+    ]
+    urls = []
+    for host, port in addresses:
+        shown = f"[{host}]" if ":" in str(host) else host
+        urls.append(f"http://{shown}:{port}/")
+    return urls
 
 
 def make_wsgi_server(app: Any, host: str, port: int, config: WebConfig) -> Any:
@@ -200,13 +233,17 @@ def make_wsgi_server(app: Any, host: str, port: int, config: WebConfig) -> Any:
 
     Threads: the detection slots plus two, so the page and /healthz answer while every slot
     is busy. Request bodies stay in memory (the container's file system is read-only) and
-    are capped just above the app's upload limit, which answers 413 itself.
+    are capped just above the app's upload limit, which answers 413 itself; a body over the cap
+    gets waitress' own 413, in the app's JSON (:mod:`detbench.web.wsgi_errors`).
     """
     from waitress.server import create_server
 
-    body_limit = config.max_upload_bytes + 1024 * 1024  # room for the multipart framing
+    from detbench.web.wsgi_errors import json_error_channels
+
+    body_limit = config.max_request_bytes + 1024 * 1024  # room for the multipart framing
+
     try:
-        return create_server(
+        server = create_server(
             app,
             host=host,
             port=port,
@@ -221,6 +258,16 @@ def make_wsgi_server(app: Any, host: str, port: int, config: WebConfig) -> Any:
         raise DetbenchError(
             f"--host/--port: cannot listen on {host}:{port} ({error.strerror})"
         ) from None
+    json_error_channels(server, partial(waitress_error_message, config))
+    return server
+
+
+def waitress_error_message(config: WebConfig, status: int, detail: str) -> str:
+    """What a client reads for an error waitress answers itself: for a body over its cap the
+    app's own 413 message."""
+    from detbench.web.app import upload_too_large_message
+
+    return upload_too_large_message(config) if status == 413 else detail
 
 
 def _stop_on_sigterm(signum: int, frame: object) -> None:

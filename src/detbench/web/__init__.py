@@ -3,6 +3,14 @@
 ``detbench serve`` (see :mod:`detbench.cli`) builds the app with :func:`create_app`. The names
 below are imported on first use, so that the command line can read
 :mod:`detbench.web.settings` without loading torch and Flask.
+
+Beside the two fixed models (:mod:`~detbench.web.registry`), :mod:`~detbench.web.model_picker`
+serves any evaluated cell by its id. Training from the page (``--allow-training``):
+:mod:`~detbench.web.train_routes` (page, API, token), :mod:`~detbench.web.runs` (a run's
+config, command and progress), :mod:`~detbench.web.training_queue` (the SQLite queue and the
+scheduler) and :mod:`~detbench.web.uploads` (dataset zips). They import the study (config,
+cells), data (VOC checks) and evaluation (model loading) rooms, never training: a run trains
+through the workflow, started as a Snakemake process.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Flask app: the upload page, ``POST /api/detect`` and ``GET /healthz``.
+"""The Flask app: the upload page, ``POST /api/detect``, ``GET /api/models``, ``GET /healthz``.
 
 Uploads are parsed into memory (never a temporary file, let alone one named after the user's
 file) and bounded by ``MAX_CONTENT_LENGTH``; images are decoded with a pixel limit checked
@@ -12,7 +12,9 @@ import logging
 import math
 import threading
 import time
-from typing import IO, Any
+from functools import partial
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 from flask import Flask, Request, jsonify, render_template, request
@@ -22,6 +24,7 @@ from detbench.errors import DetbenchError
 from detbench.training.device import select_device
 from detbench.web.draw import annotate, png_data_url
 from detbench.web.images import ImageRejected, decode_upload
+from detbench.web.model_picker import CellModel, ModelPicker
 from detbench.web.registry import (
     BLOOD_CELL_CLASSES,
     MODEL_KEYS,
@@ -29,6 +32,9 @@ from detbench.web.registry import (
     ModelUnavailable,
 )
 from detbench.web.settings import MIN_CONFIDENCE, WebConfig
+
+if TYPE_CHECKING:
+    from detbench.web.training_queue import TrainingQueue
 
 log = logging.getLogger("detbench.web")
 
@@ -55,7 +61,8 @@ class ApiError(Exception):
 
 
 def create_app(config: WebConfig, registry: ModelRegistry | None = None) -> Flask:
-    """The app for ``config``; models are loaded here, once (unless ``registry`` is given)."""
+    """The app for ``config``; models are loaded here, once (unless ``registry`` is given).
+    With ``config.training`` the Train page's queue starts here too."""
     if registry is None and config.joint_model is not None:
         from detbench.web.joint import load_joint_registry
 
@@ -73,7 +80,22 @@ def create_app(config: WebConfig, registry: ModelRegistry | None = None) -> Flas
     app = Flask(__name__)
     app.request_class = InMemoryRequest
     app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes
-    app.extensions["detbench"] = {"config": config, "registry": registry}
+    training_queue = None
+    if config.training is not None:
+        from detbench.web.train_routes import add_training
+
+        training_queue = add_training(app, config.training)
+    picker = ModelPicker(
+        partial(picker_results_dirs, config, training_queue),
+        registry.device,
+        config.model_cache_size,
+    )
+    app.extensions["detbench"] = {
+        "config": config,
+        "registry": registry,
+        "picker": picker,
+        "training_queue": training_queue,
+    }
     # Decoding and inference hold most of a request's memory: at most `concurrency` at once.
     slots = threading.BoundedSemaphore(config.concurrency)
 
@@ -96,7 +118,15 @@ def create_app(config: WebConfig, registry: ModelRegistry | None = None) -> Flas
             joint=getattr(registry, "joint", None),
             config=config,
             device=str(registry.device),
+            cells=picker.models(),
+            cell_label=cell_label,
+            training=config.training is not None,
+            selected=request.args.get("model", ""),
         )
+
+    @app.get("/api/models")
+    def models() -> Any:
+        return jsonify(models_body(registry, picker))
 
     @app.get("/healthz")
     def healthz() -> Any:
@@ -117,7 +147,7 @@ def create_app(config: WebConfig, registry: ModelRegistry | None = None) -> Flas
         started = time.perf_counter()
         key = request.form.get("model") or (registry.available() or ["bccd"])[0]
         try:
-            served = registry.get(key)
+            served = registry.get(key) if key in MODEL_KEYS else picker.get(key)
         except ModelUnavailable as error:
             raise ApiError(400, str(error)) from None
         confidence = _parse_confidence(request.form.get("confidence"), config.default_confidence)
@@ -158,10 +188,7 @@ def create_app(config: WebConfig, registry: ModelRegistry | None = None) -> Flas
     def http_error(error: HTTPException) -> Any:
         status = error.code or 500
         if status == 413:
-            message = (
-                f"upload too large: at most {config.max_upload_mb:g} MiB "
-                f"({config.max_upload_bytes:,} bytes) per request"
-            )
+            message = upload_too_large_message(config)
         else:
             message = error.description or error.name
         if request.path.startswith("/api/") or status == 413:
@@ -169,6 +196,41 @@ def create_app(config: WebConfig, registry: ModelRegistry | None = None) -> Flas
         return error
 
     return app
+
+
+def picker_results_dirs(config: WebConfig, training_queue: TrainingQueue | None) -> list[Path]:
+    """The folders the model picker lists cells from: --results, then the training runs'."""
+    own = [config.results_dir] if config.results_dir is not None else []
+    return own + (training_queue.results_dirs() if training_queue is not None else [])
+
+
+def models_body(registry: ModelRegistry, picker: ModelPicker) -> dict[str, Any]:
+    """``GET /api/models``: the two fixed models, then every evaluated cell (any ``id`` here is
+    a valid ``model`` for ``POST /api/detect``), and what the cache holds."""
+    fixed = [
+        {"id": key, "fixed": True, **registry.slots[key].info()}
+        for key in MODEL_KEYS
+        if registry.slots[key].served is not None
+    ]
+    cells = [{**model.to_json(), "fixed": False} for model in picker.models()]
+    return {
+        "models": fixed + cells,
+        "cache": {"capacity": picker.capacity, "loaded": picker.loaded()},
+    }
+
+
+def cell_label(model: CellModel) -> str:
+    """One line per cell in the page's model list: what it is and how good and slow it was."""
+    score = "not scored" if model.map50 is None else f"mAP@0.5 {model.map50:.3f}"
+    trained = "" if model.train_seconds is None else f", trained {model.train_seconds:.0f} s"
+    return f"{model.id}: {model.dataset}, {score} ({model.eval_split} split){trained}"
+
+
+def upload_too_large_message(config: WebConfig) -> str:
+    return (
+        f"upload too large: at most {config.max_upload_mb:g} MiB "
+        f"({config.max_upload_bytes:,} bytes) per request"
+    )
 
 
 def _detect(

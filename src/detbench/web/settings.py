@@ -28,6 +28,8 @@ MIN_CONFIDENCE = 0.001
 # Darknet's yolov3.cfg / yolov3-tiny.cfg input size, which the official COCO weights were
 # evaluated at.
 COCO_IMG_SIZE = 416
+# Trained cells the model picker holds loaded at once (a YOLOv3 model is ~250 MB of float32).
+DEFAULT_MODEL_CACHE = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +61,52 @@ class WebConfig:
     queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     inference: InferenceSettings = dataclasses.field(default_factory=InferenceSettings)
+    # The model picker: every evaluated cell under results_dir (and under the training runs'
+    # folders), loaded on first use into a cache of at most model_cache_size models.
+    results_dir: Path | None = None
+    model_cache_size: int = DEFAULT_MODEL_CACHE
+    training: TrainingSettings | None = None  # None: the Train page is off
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest request body accepted: an image upload, or a dataset zip when training
+        is on."""
+        zip_bytes = self.training.max_zip_bytes if self.training is not None else 0
+        return max(self.max_upload_bytes, zip_bytes)
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * MIB)
+
+
+# Training from the page (``detbench serve --allow-training``).
+TRAIN_TOKEN_VARIABLE = "DETBENCH_TRAIN_TOKEN"
+DEFAULT_TRAIN_QUEUE = 4
+DEFAULT_TRAIN_CONCURRENCY = 1
+DEFAULT_TRAIN_ZIP_MB = 256.0
+DEFAULT_TRAIN_UNPACKED_MB = 2048.0
+DEFAULT_TRAIN_ZIP_MEMBERS = 20_000
+
+
+@dataclasses.dataclass
+class TrainingSettings:
+    """What ``--allow-training`` and its options configure. Runs are Snakemake runs of
+    ``snakefile`` with ``profile``, each in a folder of its own under ``runs_dir``; the form's
+    values go over ``base_config`` (whose dataset is "the configured one")."""
+
+    token: str
+    runs_dir: Path
+    base_config: Path
+    snakefile: Path
+    profile: Path
+    snakemake: Path
+    cores: int | None = None
+    max_waiting: int = DEFAULT_TRAIN_QUEUE
+    concurrency: int = DEFAULT_TRAIN_CONCURRENCY
+    max_zip_mb: float = DEFAULT_TRAIN_ZIP_MB
+    max_unpacked_mb: float = DEFAULT_TRAIN_UNPACKED_MB
+    max_zip_members: int = DEFAULT_TRAIN_ZIP_MEMBERS
+
+    @property
+    def max_zip_bytes(self) -> int:
+        return int(self.max_zip_mb * MIB)

@@ -5,6 +5,7 @@
   const form = document.getElementById("predict-form");
   const fileInput = document.getElementById("image");
   const bloodCells = document.getElementById("blood-cells");
+  const cellSelect = document.getElementById("cell");
   const slider = document.getElementById("confidence");
   const sliderValue = document.getElementById("confidence-value");
   const button = document.getElementById("predict");
@@ -26,8 +27,27 @@
     status.textContent = "";
   };
 
+  // Cells that finished after the page loaded join the list when it is opened.
+  const refreshCells = async () => {
+    try {
+      const response = await fetch("/api/models");
+      const body = await response.json();
+      const known = new Set(Array.from(cellSelect.options, (option) => option.value));
+      body.models
+        .filter((model) => !model.fixed && !known.has(model.id))
+        .forEach((model) => {
+          const score = model.map50 === null ? "not scored" : `mAP@0.5 ${model.map50.toFixed(3)}`;
+          cellSelect.add(new Option(`${model.id}: ${model.dataset}, ${score}`, model.id));
+        });
+    } catch (ignored) {
+      // The list on the page stays as it is.
+    }
+  };
+  cellSelect.addEventListener("focus", refreshCells);
+
   slider.addEventListener("input", () => {
-    sliderValue.value = Number(slider.value).toFixed(2);
+    const value = Number(slider.value);
+    sliderValue.value = value < 0.01 ? value.toFixed(3) : value.toFixed(2);
   });
 
   // "RBC: 14, WBC: 1, Platelets: 0": every blood-cell class (a zero is a result too); for
@@ -52,7 +72,8 @@
   const render = (body) => {
     const n = body.detections.length;
     summary.textContent =
-      `${titles[body.model]} (${body.architecture}): ${n} detection${n === 1 ? "" : "s"} ` +
+      `${titles[body.model] || body.model} (${body.architecture}): ` +
+      `${n} detection${n === 1 ? "" : "s"} ` +
       `with score above ${body.confidence} in a ${body.width} x ${body.height} px image; ` +
       `inference ${body.inference_ms.toFixed(0)} ms.`;
     counts.textContent = countsText(body);
@@ -85,7 +106,7 @@
     }
     const data = new FormData();
     data.append("image", file);
-    data.append("model", bloodCells.checked ? "bccd" : "coco");
+    data.append("model", cellSelect.value || (bloodCells.checked ? "bccd" : "coco"));
     data.append("confidence", slider.value);
     data.append("annotate", "1");
 
