@@ -135,6 +135,19 @@ class ReportLayout:
             ),
         ]
 
+    def waiting(self) -> list[ReportEntry]:
+        """The section "Waiting and allocation" (detbench.report.waiting)."""
+        return [
+            ReportEntry(f"{self.root}/waiting.md"),
+            ReportEntry(
+                f"{self.root}/waiting.html",
+                RESOURCES,
+                "Waiting and allocation",
+                {"text": "queue wait, efficiency, GPU-hours, time to target"},
+                "waiting.rst",
+            ),
+        ]
+
     def dataset(self) -> list[ReportEntry]:
         folder = f"{self.root}/data"
         return [
@@ -236,6 +249,7 @@ class ReportLayout:
 
     def all_paths(self) -> list[str]:
         groups = (self.tables, self.comparison, self.findings, self.dataset, self.plots)
+        groups += (self.waiting,)
         return [entry.path for group in groups for entry in group()]
 
     # -- passing the layout to the report scripts (Snakemake params) -----------------------
