@@ -10,9 +10,11 @@ from snakemake_interface_executor_plugins.settings import ExecMode
 from detbench.cluster.preflight import (
     check_requests,
     describe_requests,
+    group_wall_times,
     read_nodes,
     rule_requests,
 )
+from detbench.cluster.status_loop import prompt_status_loop
 from detbench.cluster.stuck_jobs import watch_stuck_jobs
 from detbench.workflow.completeness import incomplete_cells, partial_cells
 from detbench.workflow.invocation import check_profile_config_kept, current_invocation
@@ -36,6 +38,13 @@ def check_slurm_requests(invocation):
         nodes = None
     if invocation.dryrun:
         lines = describe_requests(requests, nodes)
+        cells = [
+            walltime.train_minutes(config, DATASET_DIR, cell, 1)
+            for cell in grid.study_cells(config)
+        ]
+        evaluate = next((r for r in requests if r.rule == "evaluate"), None)
+        group = group_wall_times(cells, evaluate)
+        lines += [group] if group else []
         logger.info("detbench: Slurm jobs will ask sbatch for\n" + "\n".join(lines))
     if nodes is not None:
         check_requests(requests, nodes)
@@ -99,3 +108,7 @@ if workflow.exec_mode == ExecMode.DEFAULT:
 onstart:
     if workflow.executor_plugin.name == "slurm":
         watch_stuck_jobs(Path.cwd(), lambda line: logger.error(f"detbench: {line}"))
+        # The run exits within seconds of its last job's end (detbench.cluster.status_loop).
+        from snakemake_executor_plugin_slurm import Executor as SlurmExecutor
+
+        prompt_status_loop(SlurmExecutor)
