@@ -187,6 +187,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+LOCAL_PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "local"
 WAITING_STUDY = """
 platform: local-cpu
 seed: 0
@@ -240,7 +241,7 @@ def test_every_cell_of_a_local_study_has_the_waiting_and_efficiency_columns(
         assert int(row["requested_cpus"]) >= 1
         assert float(row["cpu_efficiency"]) > 0 and float(row["mem_efficiency"]) > 0
         assert float(row["time_limit_used"]) > 0
-        assert row["gpu_memory_fraction"] == ""  # trained on a CPU
+        assert row["gpu_memory_fraction"] == "NA"  # trained on a CPU
     # One core: the second cell waited for the first (and the data preparation before both).
     assert max(float(row["queue_wait_s"]) for row in rows) > 1
     folder = waiting_study / "results" / "local-cpu" / "yolov3-tiny" / "b4_e2"
@@ -289,7 +290,7 @@ def test_detbench_resources_prints_a_profile_snakemake_accepts(
             "--results",
             "results",
             "--profile",
-            "profiles/local",
+            str(LOCAL_PROFILE),
         ],
         cwd=waiting_study,
         capture_output=True,
@@ -310,7 +311,7 @@ def test_detbench_resources_prints_a_profile_snakemake_accepts(
         waiting_study,
         "-n",
         "--profile",
-        "profiles/local",
+        str(LOCAL_PROFILE),
         "--profile",
         str(folder),
         "--configfile",

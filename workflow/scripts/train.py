@@ -13,7 +13,7 @@ from detbench.training.allocator import restart_with_lean_allocator
 # peak memory near its live memory (see detbench.training.allocator).
 restart_with_lean_allocator(str(snakemake.config["train"].get("device", "auto")))
 
-from detbench.cluster.job_record import current_job_record
+from detbench.cluster.job_record import current_job_record, machine_memory_mb
 from detbench.data.cache_plan import image_caches_of
 from detbench.study.cells import repeat_from_suffix
 from detbench.study.config import EvalSettings, train_settings_from_config, with_runtime_keys
@@ -25,11 +25,12 @@ from detbench.workflow.runner import run_rule
 
 
 def job_record() -> dict:
-    """The Slurm job this runs in (scontrol), or locally what Snakemake gave the job."""
+    """The Slurm job this runs in (scontrol), or locally what Snakemake gave the job (no
+    mem_mb: the machine's memory)."""
     resources = snakemake.resources
     requested = {
         "cpus": snakemake.threads,
-        "mem_mb": getattr(resources, "mem_mb", None),
+        "mem_mb": getattr(resources, "mem_mb", None) or machine_memory_mb(),
         "gpus": getattr(resources, "gpu", None),
         "runtime": getattr(resources, "runtime", None),
     }

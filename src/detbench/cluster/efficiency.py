@@ -31,7 +31,10 @@ COLUMNS: dict[str, str] = {
     "node_list": "node(s) the train job ran on, as Slurm names them; NA locally",
     "gpu_type": "GPU type the job asked Slurm for (--gpus=<type>:N); NA where it named none",
     "requested_cpus": "CPUs allocated to the train job (Slurm NumCPUs; locally its threads)",
-    "requested_mem_mb": "memory requested (MB; Slurm's allocation, locally Snakemake's mem_mb)",
+    "requested_mem_mb": (
+        "memory requested (MB): Slurm's allocation; locally Snakemake's mem_mb, or without one "
+        "the machine's memory"
+    ),
     "requested_gpus": "GPUs requested by the train job (Slurm TRES; locally the gpu resource)",
     "time_limit_min": (
         "wall-time limit of the train job's Slurm job (min); locally the runtime a scheduler "

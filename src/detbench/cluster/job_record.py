@@ -7,7 +7,8 @@ job and accounting exists. Queue wait there is StartTime - SubmitTime.
 Elsewhere (the local profile, Colab, a workstation) there is no queue: the wait is the time
 from the Snakemake run's start (the main Snakemake process sets :data:`RUN_START_ENV` while it
 parses the workflow; its jobs inherit it) to the train job's start, and is labelled as such.
-The request is then what Snakemake gave the job (threads, mem_mb, gpu, runtime).
+The request is then what Snakemake gave the job (threads, mem_mb, gpu, runtime); without a
+mem_mb, the machine's memory, which such a job may take whole.
 """
 
 from __future__ import annotations
@@ -230,6 +231,14 @@ def local_job_record(
         eligible_time=run_start,
         start_time=start_time,
     )
+
+
+def machine_memory_mb() -> int | None:
+    """The machine's physical memory (MB): a job without a scheduler may use all of it."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20)
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def run_start_from_env(environ: Mapping[str, str] | None = None) -> float | None:

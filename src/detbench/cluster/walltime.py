@@ -43,7 +43,6 @@ class WallTimeModel:
         train_minutes = epochs * epoch_seconds / 60
         return math.ceil(self.startup_minutes + self.margin * train_minutes) * attempt
 
-
     @classmethod
     def from_config(cls, values: Mapping[str, Any] | None) -> WallTimeModel:
         """The config's ``walltime:`` constants over the defaults (``detbench resources``
