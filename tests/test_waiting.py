@@ -161,6 +161,9 @@ def test_cell_efficiency() -> None:
     assert columns["submit_time"].endswith("Z") and columns["slurm_job_id"] == "42"
     assert efficiency.parse_iso(columns["end_time"]) == 1310.0
     assert set(columns) == set(efficiency.COLUMNS)
+    # The rules ask for a GPU per rank; a local job that trained on a CPU was given none.
+    local_cpu = {"device": "cpu", "job": {"scheduler": "local", "requested_gpus": 1}}
+    assert efficiency.summary_columns(local_cpu)["requested_gpus"] == 0
     # A record written before jobs were recorded: every column NA.
     assert all(value is None for value in efficiency.summary_columns({}).values())
 

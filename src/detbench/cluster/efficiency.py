@@ -120,7 +120,7 @@ def summary_columns(run: Mapping[str, Any]) -> dict[str, Any]:
         "gpu_type": job.get("gpu_type"),
         "requested_cpus": job.get("requested_cpus"),
         "requested_mem_mb": job.get("requested_mem_mb"),
-        "requested_gpus": job.get("requested_gpus"),
+        "requested_gpus": _gpus(run, job),
         "time_limit_min": job.get("time_limit_min"),
         "submit_time": _iso(job.get("submit_time")),
         "start_time": _iso(job.get("start_time")),
@@ -129,6 +129,14 @@ def summary_columns(run: Mapping[str, Any]) -> dict[str, Any]:
         "queue_wait_kind": job.get("queue_wait_kind"),
         **cell_efficiency(run),
     }
+
+
+def _gpus(run: Mapping[str, Any], job: Mapping[str, Any]) -> Any:
+    """GPUs of the job: none for a local job that trained on a CPU (the rules' gpu resource
+    counts a GPU per rank, which a machine without one never gave)."""
+    if job.get("scheduler") == "local" and str(run.get("device", "")).startswith("cpu"):
+        return 0
+    return job.get("requested_gpus")
 
 
 @dataclasses.dataclass(frozen=True)

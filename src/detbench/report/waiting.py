@@ -256,14 +256,14 @@ def findings(rows: Sequence[Mapping[str, Any]], totals: Sequence[PlatformTotals]
             for platform, _, median, n in local
         )
         sentences.append(
-            f"Local runs have no queue: their waits are the run's own jobs waiting for the "
-            f"machine, from the Snakemake run's start ({parts}), and test neither "
-            f"{CLAIM_AVAILABILITY} nor {CLAIM_RESERVATION}."
+            "Local runs have no queue: their waits are for the run's own earlier jobs on the "
+            f"same machine, counted from the Snakemake run's start ({parts}), not for other users."
         )
     if not slurm:
         sentences.append(
-            f"No cell here ran under Slurm, so {CLAIM_AVAILABILITY} is not tested by this "
-            "report: run the study with profiles/slurm to measure the queue."
+            f"No cell here ran under Slurm, so neither {CLAIM_AVAILABILITY} nor "
+            f"{CLAIM_RESERVATION} is tested by this report: run the study with profiles/slurm "
+            "to measure the queue."
         )
     idling = []
     for platform, members in grouped.items():
