@@ -2,7 +2,8 @@
 #   - a profile's platform label dropped by --config on the command line (invocation.py),
 #   - each rule's Slurm request against the partition's nodes; jobs that can never start are
 #     reported and cancelled during the run (detbench.cluster.stuck_jobs),
-#   - cells that kept their metrics but lost other files are rebuilt (detbench.workflow.completeness).
+#   - cells that kept their metrics but lost other files are rebuilt (detbench.workflow.completeness),
+#   - the logs of the jobs this run will run go before the first starts (onstart).
 
 from snakemake.logging import logger
 from snakemake_interface_executor_plugins.settings import ExecMode
@@ -105,7 +106,18 @@ if workflow.exec_mode == ExecMode.DEFAULT:
         raise WorkflowError(f"detbench error: {error}")
 
 
+def remove_logs_of_jobs_to_run():
+    """The logs of the jobs this run will run describe earlier runs: a job that never starts
+    (the rest of a cell's Slurm job after its train job is cancelled) would otherwise have an
+    old log shown as its own in the failure report. Snakemake deletes them only as each job
+    starts; a resumed train job's earlier segments are kept beside its checkpoints."""
+    for job in workflow.dag.needrun_jobs():
+        for path in job.log:
+            Path(path).unlink(missing_ok=True)
+
+
 onstart:
+    remove_logs_of_jobs_to_run()
     if workflow.executor_plugin.name == "slurm":
         watch_stuck_jobs(Path.cwd(), lambda line: logger.error(f"detbench: {line}"))
         # The run exits within seconds of its last job's end (detbench.cluster.status_loop).

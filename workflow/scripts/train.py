@@ -90,11 +90,6 @@ def main() -> None:
 
 
 LOG = snakemake.log[0] if len(snakemake.log) else None
-if LOG is not None:
-    # The cell is retrained, so its evaluation is redone after this job: an earlier
-    # evaluate.log (rules/evaluate.smk) is no longer the cell's, and a failure report of this
-    # job's group must not show it as if evaluate had run.
-    Path(LOG).with_name("evaluate.log").unlink(missing_ok=True)
 # Before logging starts: a resumed job's earlier segments head its log, which then appends.
 restore_segments(LOG, Path(snakemake.params.resume_dir))
 run_rule(snakemake, main, log_mode="a")
