@@ -603,3 +603,25 @@ def test_the_wall_time_model_takes_the_configs_constants() -> None:
     cell = SimpleNamespace(model="yolov3", batch=10, epochs=1)
     # 1 + 2 x (100 x 6 + 10 x 0.05) / 60 = 21.02 -> 22 minutes
     assert train_minutes(config, "nowhere", cell, 1) == 22
+
+
+def test_right_sizing_fits_the_wall_time_model_and_adds_headroom() -> None:
+    from detbench.cluster.rightsizing import CellTiming, JobUse, fit_wall_time, rule_requests
+
+    # yolov3 at 416 px, 100 images: epoch = 100 x 0.2 + steps x 0.5 s, batches 10 and 25.
+    timings = [
+        CellTiming("yolov3", batch, 100, 416, 20 + 100 / batch * 0.5, outside_epochs_s=120)
+        for batch in (10, 25)
+    ]
+    model = fit_wall_time(timings, headroom=0.5)
+    assert model.seconds_per_step == pytest.approx(0.5)
+    assert model.seconds_per_image["yolov3"] == pytest.approx(0.2)
+    assert model.startup_minutes == pytest.approx(3.0)  # 120 s x 1.5
+    assert model.margin == 1.5
+    uses = {
+        "train": [JobUse("train", 100, 150, 1000), JobUse("train", 200, 100, 1500)],
+        "evaluate": [JobUse("evaluate", 30, 30, 333)],
+    }
+    train, evaluate = rule_requests(uses, headroom=0.5)
+    assert (train.threads, train.mem_mb, train.runtime_min) == (3, 2300, 5)
+    assert (evaluate.threads, evaluate.mem_mb, evaluate.runtime_min) == (2, 500, 1)
