@@ -260,7 +260,8 @@ def test_the_summary_has_time_and_cost_to_the_target(waiting_study: Path) -> Non
         assert row["target_reached"] == "yes"
         assert int(row["target_epoch"]) == first_row_at_or_above(folder / "history.csv", 0.0) == 1
         seconds = float(row["time_to_target_s"])
-        assert 0 < seconds <= float(row["train_time_s"]) + float(row["interim_eval_s"])
+        # (the summary's figures have 6 significant digits)
+        assert 0 < seconds <= (float(row["train_time_s"]) + float(row["interim_eval_s"])) * 1.0001
         assert float(row["cost_to_target"]) == pytest.approx(seconds / 1000, rel=1e-3)
 
 
