@@ -246,7 +246,8 @@ def profile_yaml(
         f"# request the busiest job's use plus {headroom:.0%} headroom (memory: peak resident",
         "# set; CPUs: CPU seconds per wall second; minutes: the longest job). Jobs measured:",
         *(
-            f"#   {r.rule}: {r.jobs}, asking {r.threads} CPUs, {r.mem_mb} MB, {r.runtime_min} min"
+            f"#   {r.rule}: {r.jobs}, asking {r.threads} CPU{'s' * (r.threads != 1)}, "
+            f"{r.mem_mb} MB, {r.runtime_min} min"
             for r in requests
         ),
         "# The train jobs' minutes: the wall-time model with the constants under config:",
