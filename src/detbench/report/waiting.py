@@ -141,11 +141,7 @@ def efficiency_table(
                 _fmt(_median(_values(members, "gpu_mean_utilization_percent")), 1),
                 _fmt(_median(_values(members, "gpu_memory_fraction"))),
                 _fmt(_median(_values(members, "time_limit_used"))),
-                _fmt(
-                    max(_values(members, "max_tree_rss_kb"), default=None)
-                    and max(_values(members, "max_tree_rss_kb")) / 1024,
-                    0,
-                ),
+                _fmt(_peak_mb(members), 0),
                 _minutes(max(_values(members, "wall_time_s"), default=None)),
             ]
         )
@@ -169,6 +165,12 @@ def efficiency_table(
                 ]
             )
     return headers, table
+
+
+def _peak_mb(rows: Sequence[Mapping[str, Any]]) -> float | None:
+    """The largest peak summed resident set of the rows' train jobs (MB)."""
+    peaks = _values(rows, "max_tree_rss_kb")
+    return max(peaks) / 1024 if peaks else None
 
 
 def totals_table(totals: Sequence[PlatformTotals]) -> tuple[list[str], list[list[str]]]:
