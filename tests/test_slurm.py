@@ -455,6 +455,7 @@ def test_a_held_cell_records_its_queue_wait_and_the_run_exits_with_its_last_job(
                 slurm.partition,
                 "--cpus-per-task=2",
                 "--mem=100",
+                f"--output={tmp_path / 'blocker.out'}",
                 "--wrap",
                 "sleep 600",
             ],
