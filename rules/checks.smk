@@ -2,7 +2,8 @@
 #   - a profile's platform label dropped by --config on the command line (invocation.py),
 #   - each rule's Slurm request against the partition's nodes; jobs that can never start are
 #     reported and cancelled during the run (detbench.cluster.stuck_jobs),
-#   - cells that kept their metrics but lost other files are rebuilt (detbench.workflow.completeness).
+#   - cells that kept their metrics but lost other files are rebuilt (detbench.workflow.completeness),
+#   - the logs of the jobs this run will run go before the first starts (onstart).
 
 from snakemake.logging import logger
 from snakemake_interface_executor_plugins.settings import ExecMode
@@ -10,9 +11,11 @@ from snakemake_interface_executor_plugins.settings import ExecMode
 from detbench.cluster.preflight import (
     check_requests,
     describe_requests,
+    group_wall_times,
     read_nodes,
     rule_requests,
 )
+from detbench.cluster.status_loop import prompt_status_loop
 from detbench.cluster.stuck_jobs import watch_stuck_jobs
 from detbench.workflow.completeness import incomplete_cells, partial_cells
 from detbench.workflow.invocation import check_profile_config_kept, current_invocation
@@ -36,6 +39,13 @@ def check_slurm_requests(invocation):
         nodes = None
     if invocation.dryrun:
         lines = describe_requests(requests, nodes)
+        cells = [
+            walltime.train_minutes(config, DATASET_DIR, cell, 1)
+            for cell in grid.study_cells(config)
+        ]
+        evaluate = next((r for r in requests if r.rule == "evaluate"), None)
+        group = group_wall_times(cells, evaluate)
+        lines += [group] if group else []
         logger.info("detbench: Slurm jobs will ask sbatch for\n" + "\n".join(lines))
     if nodes is not None:
         check_requests(requests, nodes)
@@ -96,6 +106,21 @@ if workflow.exec_mode == ExecMode.DEFAULT:
         raise WorkflowError(f"detbench error: {error}")
 
 
+def remove_logs_of_jobs_to_run():
+    """The logs of the jobs this run will run describe earlier runs: a job that never starts
+    (the rest of a cell's Slurm job after its train job is cancelled) would otherwise have an
+    old log shown as its own in the failure report. Snakemake deletes them only as each job
+    starts; a resumed train job's earlier segments are kept beside its checkpoints."""
+    for job in workflow.dag.needrun_jobs():
+        for path in job.log:
+            Path(path).unlink(missing_ok=True)
+
+
 onstart:
+    remove_logs_of_jobs_to_run()
     if workflow.executor_plugin.name == "slurm":
         watch_stuck_jobs(Path.cwd(), lambda line: logger.error(f"detbench: {line}"))
+        # The run exits within seconds of its last job's end (detbench.cluster.status_loop).
+        from snakemake_executor_plugin_slurm import Executor as SlurmExecutor
+
+        prompt_status_loop(SlurmExecutor)

@@ -3,15 +3,20 @@
 # detbench.cluster (Slurm requests, wall time), detbench.data.cache_plan (image caches) and
 # detbench.study.grid (the cells); cell folders and file names in detbench.study.cells.
 
+import os
 import sys
+import time
 from functools import cache, partial
 from pathlib import Path
+
+from snakemake_interface_executor_plugins.settings import ExecMode
 
 # The workflow imports detbench from src/ even where the package is not installed (a conda
 # environment of its own, say); the scripts in workflow/scripts do the same.
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from detbench.cluster import ranks, walltime
+from detbench.cluster.job_record import RUN_START_ENV
 from detbench.data import cache_plan
 from detbench.data.prepare import check_source, local_source_files
 from detbench.study import cells, grid
@@ -33,6 +38,11 @@ try:
     check_source(config["dataset"], _config_source())
 except DetbenchError as error:
     raise WorkflowError(f"detbench error: {error}")
+
+
+# The run's start, inherited by its jobs: a job without a scheduler records its wait from here.
+if workflow.exec_mode == ExecMode.DEFAULT:
+    os.environ[RUN_START_ENV] = str(time.time())
 
 
 PLATFORM = config["platform"]

@@ -10,6 +10,7 @@ localrules:
     report_findings,
     report_plots,
     report_dataset,
+    report_waiting,
 
 
 rule report_tables:
@@ -93,6 +94,21 @@ rule report_dataset:
         dataset=config["dataset"],
     script:
         "../workflow/scripts/report_dataset.py"
+
+
+rule report_waiting:
+    input:
+        summary="results/summary.csv",
+    output:
+        report_files("waiting"),
+    log:
+        "results/logs/report_waiting.log",
+    conda:
+        "../envs/aggregate.yaml"
+    params:
+        layout=report_layout().to_params(),
+    script:
+        "../workflow/scripts/report_waiting.py"
 
 
 # A merged dataset (dataset.source: merge): its joint cells against the separate cells of its

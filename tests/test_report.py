@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from detbench.errors import DetbenchError
-from detbench.report import comparison, findings, plots, reference, tables
+from detbench.report import comparison, findings, plots, reference, tables, waiting
 from detbench.report.frame import cell_frame, published_frame
 from detbench.report.layout import ReportLayout, build_layout, slug
 
@@ -421,6 +421,9 @@ def test_every_report_file_is_written(tmp_path: Path) -> None:
     comparison.write_comparison(frame, layout)
     findings.write_findings(frame, layout)
     plots.write_plots(frame, layout, results)
+    summary = tmp_path / "summary.csv"
+    pd.DataFrame(rows).to_csv(summary, index=False)
+    waiting.write_waiting(summary, results, *(entry.path for entry in layout.waiting()))
     written = [p for p in layout.all_paths() if not p.startswith(str(tmp_path / "r/data"))]
     assert [p for p in written if not Path(p).is_file()] == []
     assert not list((tmp_path / "r").rglob("*.tmp"))

@@ -21,6 +21,7 @@ Needs root and Debian's munge, slurmctld, slurmd and slurm-client; skipped witho
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import subprocess
@@ -187,6 +188,9 @@ def test_slurm_profile_runs_a_study_and_resumes_a_cancelled_train_job(
     assert record["epochs"] == 20
     train_log = (long_cell / "logs" / "train.log").read_text()
     assert "resuming" in train_log, train_log[-2000:]
+    # Every segment's lines, in order: the cancelled one's first epoch, then the resumed rest.
+    first_epoch, resumed_at = train_log.find("epoch 1/20 "), train_log.find("resuming")
+    assert 0 <= first_epoch < resumed_at < train_log.find("epoch 20/20 "), train_log[-3000:]
     # The resume state goes once the weights are written.
     assert not list((long_cell / "checkpoints").glob("epoch-*")), "checkpoints left behind"
     assert json.loads((short_cell / "run.json").read_text())["segments"] == 1
@@ -237,6 +241,9 @@ def test_slurm_profile_runs_a_study_and_resumes_a_cancelled_train_job(
     returncode, output = finish(third, log3)
     assert returncode != 0 and "CANCELLED" in output, tail(log3)
     assert not (short_cell / "run.json").exists(), tail(log3)
+    # Evaluate never ran in this job: the failure shows no evaluate.log (the earlier run's
+    # said "copied") as if it had.
+    assert f"Logfile {relative}/logs/evaluate.log:" not in output, tail(log3)
 
     # --- Run 4: the README's recovery command after a cancel without retries, the same
     # command again: the cell is complete and the summary is rebuilt from it.
@@ -267,6 +274,18 @@ def test_slurm_profile_stops_before_submitting_what_cannot_run(
         "detbench error: rule train: asks -p detbench --cpus-per-task=4 --mem 1000 --gpus=1, "
         f"more than any node of partition detbench has (largest node {slurm.node}: 2 CPUs"
     ) in output, tail(log)
+    # One refusal names every rule that does not fit, and settings that fit them all.
+    (refusal,) = [line for line in output.splitlines() if "detbench error: rule" in line]
+    for rule in ("train", "evaluate", "profile"):
+        assert f"rule {rule}: asks -p detbench --cpus-per-task=4" in refusal, refusal
+    threads = refusal.split("set-threads: {", 1)[1].split("}", 1)[0]
+    assert sorted(threads.split(", ")) == ["evaluate: 2", "profile: 2", "train: 2"], refusal
+    # With those settings (docs/waiting-and-allocation.md) the same run passes the check.
+    log = tmp_path / "fitted.log"
+    fitted = ("--max-threads", "4", "--set-threads", "train=2", "evaluate=2", "profile=2")
+    returncode, output = finish(snakemake(workdir, log, *fitted, "--dry-run"), log)
+    assert returncode == 0, tail(log)
+    assert "  train: -p detbench --cpus-per-task=2" in output, tail(log)
     assert time.monotonic() - started < 60  # fails fast: nothing was submitted
 
     # --config on the command line replaces the profile's config: block, and with it the
@@ -392,3 +411,93 @@ def test_a_rank_killed_under_srun_fails_the_job_in_one_line_and_the_rerun_resume
     record = json.loads((workdir / cell / "run.json").read_text(encoding="utf-8"))
     assert record["segments"] == 2 and record["world_size"] == 2
     assert (workdir / cell / "metrics.json").exists()
+
+
+def slurm_seconds(text: str) -> float:
+    """A time of `scontrol show job` (the cluster's local time) in seconds since the epoch."""
+    import datetime
+
+    return datetime.datetime.fromisoformat(text).timestamp()
+
+
+def test_a_held_cell_records_its_queue_wait_and_the_run_exits_with_its_last_job(
+    slurm: SlurmCluster, tmp_path: Path, workflow_copier: Callable[[Path], Path]
+) -> None:
+    """One cell through the profile, its Slurm job held while pending (another job holds the
+    node's CPUs meanwhile) and released after 5 s: run.json and the summary show that wait and
+    the request the profile made; the run exits within 10 s of its last Slurm job's end."""
+    workdir = workflow_copier(tmp_path / "workflow")
+    cell = workdir / "results" / PLATFORM / "yolov3-tiny" / "b4_e1"
+    seen = {job["id"] for job in slurm.jobs()}
+    log = tmp_path / "held.log"
+    one_cell = tmp_path / "one-cell.yaml"
+    one_cell.write_text("epochs: [1]\n", encoding="utf-8")
+    command = [sys.executable, "-m", "snakemake", "results/summary.csv"]
+    command += ["--profile", str(REPO / "profiles" / "slurm")]
+    command += ["--profile", str(REPO / "tests" / "profiles" / "slurm-test")]
+    command += ["--configfile", str(REPO / "tests" / "configs" / "slurm.yaml"), str(one_cell)]
+    with log.open("w") as out:
+        process = subprocess.Popen(command, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
+
+    def new_jobs(rules: tuple[str, ...]) -> list[dict[str, str]]:
+        return [j for j in slurm.jobs() if j["id"] not in seen and rules_of(j) == rules]
+
+    # While the conversion runs, a job asking for every CPU of the node queues first: the
+    # cell's job, submitted after the conversion, waits behind it.
+    wait_for(lambda: bool(new_jobs(("convert",))), process, log)
+    blocker = (
+        subprocess.run(
+            [
+                "sbatch",
+                "--parsable",
+                "--partition",
+                slurm.partition,
+                "--cpus-per-task=2",
+                "--mem=100",
+                f"--output={tmp_path / 'blocker.out'}",
+                "--wrap",
+                "sleep 600",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .split(";")[0]
+    )
+    try:
+        wait_for(lambda: bool(new_jobs(CELL_JOB)), process, log)
+        (cell_job,) = new_jobs(CELL_JOB)
+        assert cell_job["state"] == "PENDING", cell_job
+        subprocess.run(["scontrol", "hold", cell_job["id"]], check=True)
+    finally:
+        subprocess.run(["scancel", blocker], check=True)
+    time.sleep(5)
+    subprocess.run(["scontrol", "release", cell_job["id"]], check=True)
+    returncode, _ = finish(process, log)
+    exited = time.time()
+    assert returncode == 0, tail(log)
+
+    details = slurm.show_job(cell_job["id"])
+    record = json.loads((cell / "run.json").read_text(encoding="utf-8"))["job"]
+    assert record["scheduler"] == "slurm" and record["source"] == "scontrol", record
+    assert record["job_id"] == cell_job["id"] and record["partition"] == slurm.partition
+    assert record["queue_wait_s"] >= 5, record
+    assert record["queue_wait_s"] == (
+        slurm_seconds(details["StartTime"]) - slurm_seconds(details["SubmitTime"])
+    )
+    # What the profiles asked for: 1 CPU (max-threads 1) and 1000 MB (the test profile).
+    assert (record["requested_cpus"], record["requested_mem_mb"]) == (1, 1000), record
+    assert record["requested_gpus"] == 1 and record["nodes"] == slurm.node
+    (row,) = list(csv.DictReader((workdir / "results" / "summary.csv").open(encoding="utf-8")))
+    assert float(row["queue_wait_s"]) >= 5 and row["queue_wait_kind"].startswith("slurm")
+    assert (row["requested_cpus"], row["requested_mem_mb"]) == ("1", "1000"), row
+    assert row["slurm_job_id"] == cell_job["id"]
+
+    # The run ended within 10 s of the end of its last Slurm job (the summary's).
+    ended = [
+        slurm_seconds(slurm.show_job(job["id"])["EndTime"])
+        for job in slurm.jobs()
+        if job["id"] not in seen and job["id"] != blocker
+    ]
+    assert exited - max(ended) <= 10, (exited - max(ended), tail(log))

@@ -314,10 +314,63 @@ def _multiple_of_32(text: str) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# detbench resources
+# --------------------------------------------------------------------------------------------
+
+
+def add_resources_command(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "resources",
+        help="right-sized Slurm requests from a finished study, as profile YAML",
+        description=(
+            "Read a finished study's cells and profiles (run.json, history.csv, the jobs' "
+            "benchmark files) and print, as profile YAML, what each rule should ask for: the "
+            "busiest job's CPUs, memory and minutes plus --headroom, and the train wall-time "
+            "model's constants fitted to the measured cells. The profile's own set-threads, "
+            "set-resources and config: are kept where not right-sized."
+        ),
+    )
+    parser.add_argument(
+        "--results", type=Path, default=Path("results"), metavar="DIR",
+        help="the study's results folder (default: results)",
+    )
+    parser.add_argument(
+        "--profile", type=Path, default=Path("profiles/slurm"), metavar="DIR",
+        help="the profile folder whose keys the output completes (default: profiles/slurm)",
+    )
+    parser.add_argument(
+        "--platform", metavar="LABEL",
+        help="the platform whose jobs to read (needed where results/ holds several)",
+    )
+    parser.add_argument(
+        "--headroom", type=_headroom, default=0.5, metavar="FRACTION",
+        help="added on top of each measured peak (default: 0.5, i.e. 50%%)",
+    )
+    parser.set_defaults(handler=_run_resources)
+
+
+def _headroom(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 10:
+        raise argparse.ArgumentTypeError(f"must be 0..10, got {text}")
+    return value
+
+
+def _run_resources(args: argparse.Namespace) -> int:
+    from detbench.cluster.rightsizing import right_size
+
+    print(right_size(args.results, args.profile, args.platform, args.headroom), end="")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------
 
-COMMANDS: list[Callable[[Subparsers], None]] = [add_serve_command]
+COMMANDS: list[Callable[[Subparsers], None]] = [add_serve_command, add_resources_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,6 +30,7 @@ class Request:
     gpu_model: str | None = None
     tasks: int = 1  # a cell on several ranks: one task per rank (cpus per task)
     nodes: int = 1
+    runtime_min: int | None = None  # None: per job (train's comes from its cell)
 
     def sbatch(self) -> str:
         """The request as the plugin writes it on the sbatch command line."""
@@ -143,7 +144,9 @@ def largest(nodes: Sequence[Node]) -> Node:
 
 
 def check_requests(requests: Iterable[Request], nodes: Sequence[Node]) -> None:
-    """Raise a one-line DetbenchError for the first request no node of its partition meets."""
+    """Raise one one-line DetbenchError naming every request no node of its partition meets,
+    with profile settings that bring them all within the largest node."""
+    oversized: list[tuple[Request, str, Node]] = []
     for request in requests:
         partition, members = partition_nodes(nodes, request.partition)
         if not members:
@@ -153,12 +156,42 @@ def check_requests(requests: Iterable[Request], nodes: Sequence[Node]) -> None:
                 f"(partitions: {known}); set slurm_partition in profiles/slurm/config.yaml"
             )
         if not any(node.fits(request) for node in members):
-            raise DetbenchError(
-                f"rule {request.rule}: asks {request.sbatch()}, more than any node of partition "
-                f"{partition} has (largest node {largest(members).describe()}); lower it in the "
-                f"profile (set-threads, set-resources: {request.rule}: mem_mb/gpu) or choose "
-                "another partition"
-            )
+            oversized.append((request, partition, largest(members)))
+    if not oversized:
+        return
+    what = "; ".join(
+        f"rule {request.rule}: asks {request.sbatch()}, more than any node of partition "
+        f"{partition} has (largest node {node.describe()})"
+        for request, partition, node in oversized
+    )
+    raise DetbenchError(
+        f"{what}. Lower {'them' if len(oversized) > 1 else 'it'} in the profile"
+        f"{fitting_settings(oversized)}, or choose another partition"
+    )
+
+
+def fitting_settings(oversized: Sequence[tuple[Request, str, Node]]) -> str:
+    """Profile settings that fit each oversized request into its partition's largest node:
+    set-threads for CPUs, set-resources for memory (GPUs: named, the fix is the user's)."""
+    threads, memory, gpus = {}, {}, []
+    for request, _, node in oversized:
+        tasks = -(-request.tasks // request.nodes)
+        if request.cpus is not None and request.cpus * tasks > node.cpus:
+            threads[request.rule] = max(1, node.cpus // tasks) * request.tasks
+        if request.mem_mb is not None and request.mem_mb > node.mem_mb:
+            memory[request.rule] = node.mem_mb
+        if -(-request.gpus // request.nodes) > node.gpus.get(request.gpu_model or "", 0):
+            gpus.append(request.rule)
+    parts = []
+    if threads:
+        parts.append("set-threads: {" + ", ".join(f"{r}: {n}" for r, n in threads.items()) + "}")
+    if memory:
+        parts.append(
+            "set-resources: {" + ", ".join(f"{r}: {{mem_mb: {m}}}" for r, m in memory.items()) + "}"
+        )
+    if gpus:
+        parts.append(f"fewer GPUs or another gpu_model for {', '.join(gpus)} (set-resources)")
+    return ": " + " and ".join(parts) if parts else ""
 
 
 def describe_requests(requests: Iterable[Request], nodes: Sequence[Node] | None) -> list[str]:
@@ -216,6 +249,34 @@ def _request(rule: Any, threads: int) -> Request:
         gpu_model=value("gpu_model"),
         tasks=int(value("tasks") or 1),
         nodes=int(value("nodes") or 1),
+        runtime_min=_minutes(value("runtime")),
+    )
+
+
+def _minutes(runtime: Any) -> int | None:
+    """A runtime resource in minutes (Snakemake's number, or a "1h" / "90m" string)."""
+    if isinstance(runtime, int | float) and not isinstance(runtime, bool):
+        return int(runtime)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(m|min|h|d)?\s*", str(runtime or ""))
+    if not match:
+        return None
+    scale = {None: 1, "m": 1, "min": 1, "h": 60, "d": 1440}[match.group(2)]
+    return int(float(match.group(1)) * scale)
+
+
+def group_wall_times(train_minutes: Sequence[int], evaluate: Request | None) -> str | None:
+    """The dry run's line on a cell's Slurm job (the group "cell": its train and evaluate jobs
+    in one sbatch, whose --time is the sum of theirs), or None without train jobs."""
+    if not train_minutes:
+        return None
+    low, high = min(train_minutes), max(train_minutes)
+    extra = evaluate.runtime_min if evaluate is not None and evaluate.runtime_min else 0
+    train = f"{low}" if low == high else f"{low}-{high}"
+    total = f"{low + extra}" if low == high else f"{low + extra}-{high + extra}"
+    return (
+        f"  cell (group: train + evaluate, one sbatch per cell): --time {total} min = train "
+        f"{train} min (the wall-time model, per cell) + evaluate {extra} min; with "
+        "group-components cell: N, a job of N cells asks for the sum of theirs"
     )
 
 

@@ -43,6 +43,15 @@ class WallTimeModel:
         train_minutes = epochs * epoch_seconds / 60
         return math.ceil(self.startup_minutes + self.margin * train_minutes) * attempt
 
+    @classmethod
+    def from_config(cls, values: Mapping[str, Any] | None) -> WallTimeModel:
+        """The config's ``walltime:`` constants over the defaults (``detbench resources``
+        fits them to a finished study)."""
+        values = dict(values or {})
+        defaults = cls()
+        per_image = {**defaults.seconds_per_image, **values.pop("seconds_per_image", {})}
+        return dataclasses.replace(defaults, seconds_per_image=per_image, **values)
+
 
 WALL_TIME = WallTimeModel()
 
@@ -50,7 +59,9 @@ WALL_TIME = WallTimeModel()
 def train_minutes(
     config: Mapping[str, Any], dataset_dir: str | Path, wildcards: Any, attempt: int
 ) -> int:
-    """WALL_TIME's minutes for the train job of the cell named by ``wildcards``."""
+    """The wall-time model's minutes (the config's ``walltime:`` constants, else WALL_TIME's)
+    for the train job of the cell named by ``wildcards``."""
     images = train_image_count(config["dataset"], dataset_dir)
     batch, epochs = int(wildcards.batch), int(wildcards.epochs)
-    return WALL_TIME.minutes(wildcards.model, batch, epochs, images, config["img_size"], attempt)
+    model = WallTimeModel.from_config(config.get("walltime"))
+    return model.minutes(wildcards.model, batch, epochs, images, config["img_size"], attempt)

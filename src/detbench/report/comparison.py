@@ -23,6 +23,7 @@ from detbench.report.document import Document
 from detbench.report.frame import MEASURED, ok_cells
 from detbench.report.layout import ReportLayout
 from detbench.report.reference import PUBLISHED, SETUP
+from detbench.report.setups import setup_sentence
 from detbench.summary import stats
 
 
@@ -360,6 +361,7 @@ def _pair_section(
     sources = platform_sources(frame)
     basis = time_basis(sources.get(a, MEASURED), sources.get(b, MEASURED))
     document.heading(f"A = {a}, B = {b}")
+    document.paragraph(setup_sentence(frame, a, b))
     pair_cells = cells[(cells["platform_a"] == a) & (cells["platform_b"] == b)]
     unlike = setup_note(frame, a, b)
     if pair_cells.empty:

@@ -136,6 +136,19 @@ class ReportLayout:
             ),
         ]
 
+    def waiting(self) -> list[ReportEntry]:
+        """The section "Waiting and allocation" (detbench.report.waiting)."""
+        return [
+            ReportEntry(f"{self.root}/waiting.md"),
+            ReportEntry(
+                f"{self.root}/waiting.html",
+                RESOURCES,
+                "Waiting and allocation",
+                {"text": "queue wait, efficiency, GPU-hours, time to target"},
+                "waiting.rst",
+            ),
+        ]
+
     def dataset(self) -> list[ReportEntry]:
         folder = f"{self.root}/data"
         return [
@@ -259,6 +272,7 @@ class ReportLayout:
             self.findings,
             self.dataset,
             self.plots,
+            self.waiting,
             self.joint_models,
         )
         return [entry.path for group in groups for entry in group()]

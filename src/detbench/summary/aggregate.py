@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from detbench import atomic
+from detbench.cluster import efficiency
 from detbench.errors import DetbenchError, read_json
 from detbench.study import cells
 from detbench.study.cells import METRICS, RUN_RECORD, Cell
 from detbench.summary.cell_stats import stats_columns, write_cell_stats
 from detbench.summary.csv_table import csv_text
+from detbench.training import target
 from detbench.training.timing import BREAKDOWN_COLUMNS
 
 # Column name -> what it holds (units, split, threshold). Written beside the summary.
@@ -105,6 +107,10 @@ COLUMNS: dict[str, str] = {
     "currency": "currency of cost (config key currency)",
     "git_commit": "commit of the detbench checkout the cell trained with ('unknown' outside git)",
     "config_hash": "hash of the effective config of the cell (run.json provenance)",
+    # The job the train job ran in, its wait and what it used of it (detbench.cluster).
+    **efficiency.COLUMNS,
+    # Time to a target accuracy (config target_map50; detbench.training.target).
+    **target.COLUMNS,
 }
 
 
@@ -189,11 +195,13 @@ def cell_row(
         "eval_time_s": evaluation.get("eval_seconds"),
     }
     row.update(_resource_columns(run))
+    row.update(efficiency.summary_columns(run))
     row.update(_profile_columns(parsed.profile_folder(cell.parents[2]) / "summary.json"))
     price = (prices or {}).get(row["platform"])
     wall = row["wall_time_s"]
     row["cost"] = wall / 3600 * price if price is not None and wall is not None else None
     row["currency"] = currency if row["cost"] is not None else None
+    row.update(target.summary_columns(run, price))
     for entry in metrics.get("per_class", []):
         row[f"ap50_{entry['name']}"] = entry.get("ap50")
         row[f"ap50_95_{entry['name']}"] = entry.get("ap50_95")

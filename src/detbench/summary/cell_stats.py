@@ -23,6 +23,8 @@ METRICS: dict[str, str] = {
     "map50_95": "mAP@0.5:0.95 on eval_split",
     "precision_at_conf": "precision on eval_split at confidence pr_confidence, IoU 0.5",
     "recall_at_conf": "recall on eval_split at confidence pr_confidence, IoU 0.5",
+    "time_to_target_s": "seconds to target_map50 (training and interim evaluation)",
+    "cost_to_target": "cost to target_map50 (time_to_target_s x gpu_hour_price)",
 }
 STATISTICS: dict[str, str] = {
     "mean": "mean over the cell's runs",

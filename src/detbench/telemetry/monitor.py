@@ -148,6 +148,12 @@ class TrainMonitor:
             torch_peak_reserved_mib=reserved,
         )
 
+    def energy_so_far_j(self) -> float | None:
+        """GPU energy of every segment so far (J), None without GPU telemetry."""
+        if self.gpu is None:
+            return None
+        return nvml_module.combine(self.previous_gpu, self._segment_gpu()).energy_j
+
     def checkpoint_state(self) -> dict[str, Any]:
         """Every segment so far, for the epoch checkpoint (live DataLoader workers' CPU time
         included: they are reaped only at the end)."""

@@ -54,6 +54,7 @@ from detbench.training.engine import (
     train_one_epoch,
 )
 from detbench.training.loss import YoloLoss
+from detbench.training.target import ENERGY_SO_FAR, time_to_target
 from detbench.training.timing import time_breakdown
 
 log = logging.getLogger("detbench.training.train")
@@ -86,6 +87,7 @@ class InterimEvaluation:
 
     split: str
     settings: EvalSettings
+    target_map50: float | None = None  # mAP@0.5 to record the time to (detbench.training.target)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +120,7 @@ def train(
     interim_evaluation: InterimEvaluation | None = None,
     repeat: int = 0,
     image_caches: Mapping[str, Path] | None = None,
+    job: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train one cell; write weights, history and the run record; return the record.
 
@@ -128,6 +131,7 @@ def train(
     provenance (see detbench.telemetry.cell_provenance for what stands in without them).
     ``repeat``: which run of the cell this is (recorded; the seed is in ``settings``).
     ``image_caches``: split -> disk image cache folder to read it from (else decoded in memory).
+    ``job``: the job this runs in (detbench.cluster.job_record), recorded with its end time.
     """
     with sigterm_exits():
         job_start = time.perf_counter()
@@ -173,6 +177,8 @@ def train(
                     state, eval_dataset, manifest, interim_evaluation, settings, device
                 )
                 row |= final.history_columns()
+                if interim_evaluation.target_map50 is not None:
+                    row[ENERGY_SO_FAR] = monitor.energy_so_far_j()
             state.history.append(row)
             if state.next_epoch < settings.epochs and distributed.agree(checkpoints.due()):
                 with checkpoints.timing():
@@ -190,6 +196,8 @@ def train(
         write_history(outputs.history, state.history)
         record = _run_record(settings, manifest, loader, state, device, precision, fingerprint)
         record |= flops.record(record["images_per_second"]) | {"repeat": repeat}
+        if interim_evaluation is not None and interim_evaluation.target_map50 is not None:
+            record["target"] = time_to_target(state.history, interim_evaluation.target_map50)
         record["time_breakdown"] = time_breakdown(
             state.history, startup_s=startup_s, checkpoint_s=checkpoints.seconds
         )
@@ -199,6 +207,8 @@ def train(
         record.update(monitor.finish(loader, outputs.record.with_name(GPU_SAMPLES)))
         rank_entries[0]["gpu"] = record["gpu"] if device.type == "cuda" else None
         record |= {"world_size": len(rank_entries), "ranks": rank_entries}
+        if job is not None:
+            record["job"] = {**job, "end_time": time.time()}
         record["provenance"] = cell_provenance(
             settings, device, monitor.gpu_info, platform_label, cell_config, outputs.record
         )

@@ -18,20 +18,24 @@ from detbench.errors import DetbenchError
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def configure_logging(log_path: str | Path | None = None, level: int = logging.INFO) -> None:
+def configure_logging(
+    log_path: str | Path | None = None, level: int = logging.INFO, mode: str = "w"
+) -> None:
+    """Log records to ``log_path`` (``mode`` "a": after what it holds) or else to stderr."""
     handlers: list[logging.Handler] = []
     if log_path is not None:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_path, mode="w", encoding="utf-8"))
+        handlers.append(logging.FileHandler(log_path, mode=mode, encoding="utf-8"))
     else:
         handlers.append(logging.StreamHandler(sys.stderr))
     logging.basicConfig(level=level, format=LOG_FORMAT, handlers=handlers, force=True)
 
 
-def run_rule(snakemake: Any, body: Callable[[], object]) -> None:
-    """Run a rule script's body with logging to its log file and one-line errors."""
+def run_rule(snakemake: Any, body: Callable[[], object], log_mode: str = "w") -> None:
+    """Run a rule script's body with logging to its log file and one-line errors
+    (``log_mode`` "a": after what the log file holds, a resumed job's earlier segments)."""
     log_path = snakemake.log[0] if len(snakemake.log) else None
-    configure_logging(log_path)
+    configure_logging(log_path, mode=log_mode)
     logger = logging.getLogger(f"detbench.rule.{snakemake.rule}")
     try:
         body()
