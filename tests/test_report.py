@@ -25,6 +25,8 @@ from detbench.errors import DetbenchError
 from detbench.report import comparison, findings, plots, reference, tables, waiting
 from detbench.report.frame import cell_frame, published_frame
 from detbench.report.layout import ReportLayout, build_layout, slug
+from detbench.summary import comparison as pairs
+from detbench.summary.stats import Verdict
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_STUDY = REPO.parent / "shared" / "data" / "study-2020" / "results.csv"
@@ -214,7 +216,7 @@ def two_platforms() -> pd.DataFrame:
 
 
 def test_comparison_ratio_faster_and_differences_per_cell() -> None:
-    cells = comparison.compare_cells(two_platforms(), ["a", "b"])
+    cells = pairs.compare_cells(two_platforms(), ["a", "b"])
     assert len(cells) == 2
     first, second = cells.iloc[0], cells.iloc[1]
     assert (first["batch"], first["epochs"], first["time_basis"]) == (8, 2, "train_time_s")
@@ -223,7 +225,7 @@ def test_comparison_ratio_faster_and_differences_per_cell() -> None:
     assert first["d_map50"] == pytest.approx(0.3)
     assert second["time_ratio_a_over_b"] == pytest.approx(0.5)
     assert second["faster"] == "a" and second["times_faster"] == pytest.approx(2.0)
-    summary = comparison.summarise(cells)
+    summary = pairs.summarise(cells)
     assert len(summary) == 1
     row = summary.iloc[0]
     assert row["median_time_ratio_a_over_b"] == pytest.approx(1.75)
@@ -237,13 +239,13 @@ def test_published_platform_is_compared_on_user_time_only() -> None:
         summary_row("a", "yolov3", 4, 5, train_time_s=5.0, **SETUP_2020),
     ]
     frame = frame_of(rows, published=True)
-    cells = comparison.compare_cells(frame, ["a", T4])
+    cells = pairs.compare_cells(frame, ["a", T4])
     assert set(cells["time_basis"]) == {"user_time_s"} and len(cells) == 2
     timed = cells.set_index("epochs")
     assert timed.loc[1, "time_ratio_a_over_b"] == pytest.approx(119.36 / 59.68)
     assert timed.loc[1, "faster"] == T4
     assert math.isnan(timed.loc[5, "time_ratio_a_over_b"])
-    assert timed.loc[5, "faster"] == comparison.NOT_COMPARED
+    assert timed.loc[5, "faster"] == pairs.NOT_COMPARED
 
 
 def test_comparison_says_when_the_user_time_is_missing() -> None:
@@ -263,7 +265,7 @@ def test_cells_of_another_dataset_or_image_size_are_not_compared() -> None:
         summary_row("b", "yolov3", 4, 1, img_size=128),
     ]
     frame = frame_of(rows, published=True)
-    cells = comparison.compare_cells(frame, ["a", "b", T4])
+    cells = pairs.compare_cells(frame, ["a", "b", T4])
     assert set(cells["platform_b"]) == {T4}
     assert list(zip(cells["batch"], cells["epochs"], strict=True)) == [(8, 1)]
     note = comparison.setup_note(frame, "a", T4)
@@ -419,6 +421,8 @@ def test_every_report_file_is_written(tmp_path: Path) -> None:
     frame = cell_frame(pd.DataFrame(rows), published_frame(published))
     tables.write_tables(frame, layout)
     comparison.write_comparison(frame, layout)
+    [cells_csv] = [e.path for e in layout.comparison() if e.path.endswith("cells.csv")]
+    assert {c["time_verdict"] for c in _read_csv(Path(cells_csv))} == {"single run, no spread"}
     findings.write_findings(frame, layout)
     plots.write_plots(frame, layout, results)
     summary = tmp_path / "summary.csv"
@@ -634,14 +638,14 @@ def test_repeats_are_one_cell_with_their_mean_and_runs() -> None:
 
 
 def test_comparison_says_faster_only_when_the_interval_excludes_one() -> None:
-    cells = comparison.compare_cells(repeated_platforms(0.01, 0.01), ["a", "b"])
+    cells = pairs.compare_cells(repeated_platforms(0.01, 0.01), ["a", "b"])
     [cell] = cells.to_dict("records")
     assert (cell["n_a"], cell["n_b"]) == (5, 5)
-    assert cell["time_verdict"] == "a faster"
+    assert cell["time_verdict"] is Verdict.A
     assert cell["time_ratio_ci_low"] < cell["time_ratio_a_over_b"] < cell["time_ratio_ci_high"] < 1
-    assert cell["map50_verdict"] == "no detectable difference"  # the same mAPs on both
-    noisy = comparison.compare_cells(repeated_platforms(0.2, 0.2), ["a", "b"]).iloc[0]
-    assert noisy["time_verdict"] == "no detectable difference"
+    assert cell["map50_verdict"] is Verdict.NO_DIFFERENCE  # the same mAPs on both
+    noisy = pairs.compare_cells(repeated_platforms(0.2, 0.2), ["a", "b"]).iloc[0]
+    assert noisy["time_verdict"] is Verdict.NO_DIFFERENCE
     document = comparison.comparison_document(repeated_platforms(0.01, 0.01), ["a", "b"])
     markdown = document.to_markdown()
     assert "Over the repeats: is the difference real?" in markdown
@@ -657,6 +661,62 @@ def test_findings_state_n_and_only_supported_differences() -> None:
     [steady] = findings.consistency(repeated_platforms(0.005, 0.2, n=8), ["a", "b"])
     assert steady.startswith("yolov3 batch 8, 2 epochs: a ran more consistently than b (CV ")
     assert "n = 8 and 8" in steady
+
+
+def steadier_and_faster(order: tuple[str, str], faster: str, steadier: str) -> pd.DataFrame:
+    """One cell with 8 runs on each platform of ``order``: ``faster`` takes 60 s against 100 s,
+    ``steadier`` varies by 0.5% against 10%."""
+    rng = np.random.default_rng(11)
+    rows = []
+    for platform in order:
+        mean = 60.0 if platform == faster else 100.0
+        noise = 0.005 if platform == steadier else 0.10
+        for repeat, seconds in enumerate(mean * np.exp(rng.normal(0.0, noise, 8))):
+            rows.append(summary_row(platform, "yolov3", 8, 2, repeat=repeat, train_time_s=seconds))
+    return frame_of(rows)
+
+
+@pytest.mark.parametrize("steadier", ["h100", "h100-sxm"])
+@pytest.mark.parametrize("faster", ["h100", "h100-sxm"])
+@pytest.mark.parametrize("order", [("h100", "h100-sxm"), ("h100-sxm", "h100")])
+def test_a_label_that_starts_another_is_named_right(
+    order: tuple[str, str], faster: str, steadier: str
+) -> None:
+    """``h100`` is the start of ``h100-sxm``: the verdicts, their words and the findings name
+    the platform that was faster or steadier, in either order."""
+    a, b = order
+    shakier = b if steadier == a else a
+    frame = steadier_and_faster(order, faster, steadier)
+    [cell] = pairs.compare_cells(frame, list(order)).to_dict("records")
+    assert cell["time_verdict"] is (Verdict.A if faster == a else Verdict.B)
+    assert cell["spread_verdict"] is (Verdict.A if steadier == a else Verdict.B)
+    [words] = comparison.with_words(pairs.compare_cells(frame, list(order))).to_dict("records")
+    assert words["time_verdict"] == f"{faster} faster"
+    assert words["spread_verdict"] == f"{steadier} more consistent"
+    markdown = comparison.comparison_document(frame, list(order)).to_markdown()
+    assert f"| {faster} faster |" in markdown and f"| {steadier} more consistent |" in markdown
+    [speed] = findings.platform_speed(frame, list(order))
+    assert (
+        f"{a} faster in {int(faster == a)}, {b} faster in {int(faster == b)} (95% interval"
+    ) in speed
+    assert f"2 epochs: {faster} took 1." in speed  # 100 s / 60 s, within the noise
+    [steady] = findings.consistency(frame, list(order))
+    assert steady.startswith(
+        f"yolov3 batch 8, 2 epochs: {steadier} ran more consistently than {shakier} (CV "
+    )
+    assert f"for {a} and {b}, p = " in steady
+
+
+def test_verdict_words() -> None:
+    words = comparison.verdict_words
+    assert words("time_verdict", Verdict.B, "h100", "h100-sxm") == "h100-sxm faster"
+    assert words("time_verdict", Verdict.NOT_TESTABLE, "a", "b") == "single run, no spread"
+    assert words("cells_verdict", Verdict.NOT_TESTABLE, "a", "b") == "single cell, no spread"
+    assert words("spread_verdict", Verdict.NOT_TESTABLE, "a", "b") == "too few runs"
+    assert words("spread_verdict", Verdict.A, "a", "b") == "a more consistent"
+    assert words("map50_verdict", Verdict.A, "a", "b") == "a higher"
+    assert words("map50_verdict", Verdict.NO_DIFFERENCE, "a", "b") == "no detectable difference"
+    assert words("time_verdict", math.nan, "a", "b") == "NA"
 
 
 def test_spread_consistency_and_breakdown_figures(tmp_path: Path) -> None:
@@ -694,9 +754,9 @@ def test_where_the_time_went_names_the_part_that_differs() -> None:
         summary_row("b", "yolov3", 8, 2, train_time_s=6.5, startup_s=12.0, **parts),
     ]
     frame = frame_of(rows)
-    [row] = comparison.breakdown_differences(frame, "a", "b").to_dict("records")
+    [row] = pairs.breakdown_differences(frame, "a", "b").to_dict("records")
     assert row["d_startup_s"] == -9.0
-    assert comparison.largest_part(row) == ("start-up", -9.0)
+    assert pairs.largest_part(row) == ("startup_s", -9.0)
     markdown = comparison.comparison_document(frame, ["a", "b"]).to_markdown()
     assert "Where the time went (s, means over the runs)" in markdown
     assert "start-up (-9.00 s)" in markdown

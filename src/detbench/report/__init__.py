@@ -4,4 +4,6 @@
 ``reference`` reads the 2020 study's published figures, ``frame`` joins them with
 ``results/summary.csv`` into one table of cells, and ``tables``, ``comparison``, ``findings``
 and ``plots`` turn that table into what a person reads (``snakemake --report report.html``).
+The numbers of the platform comparison come from ``detbench.summary.comparison``; this room
+turns its verdicts into words.
 """

@@ -16,23 +16,27 @@ import pandas as pd
 
 from detbench import atomic
 from detbench.report.comparison import (
-    USER,
-    WALL,
-    breakdown_differences,
+    TIME_PART_NAMES,
     cell_count,
-    compare_cells,
-    largest_part,
     missing_time_note,
-    platform_pairs,
-    platform_sources,
     presence_sentence,
     setup_note,
-    time_basis,
 )
 from detbench.report.document import Document
 from detbench.report.frame import MEASURED, ok_cells
 from detbench.report.layout import ReportLayout
 from detbench.report.reference import PUBLISHED
+from detbench.summary.comparison import (
+    USER,
+    WALL,
+    breakdown_differences,
+    compare_cells,
+    largest_part,
+    platform_pairs,
+    platform_sources,
+    time_basis,
+)
+from detbench.summary.stats import Verdict
 
 FULL, TINY = "yolov3", "yolov3-tiny"
 METRIC_NAMES = {
@@ -146,14 +150,13 @@ def _span(values: pd.Series) -> str:
 
 def _wins_text(group: pd.DataFrame, a: str, b: str, a_wins: int, b_wins: int) -> str:
     """Who was faster: by the point estimate for single runs, by the 95% interval otherwise."""
-    tested = group[group["time_verdict"].isin([f"{a} faster", f"{b} faster",
-                                                "no detectable difference"])]
-    untested = len(group) - len(tested)
-    if tested.empty:
+    verdicts = list(group["time_verdict"])
+    a_real = verdicts.count(Verdict.A)
+    b_real = verdicts.count(Verdict.B)
+    none = verdicts.count(Verdict.NO_DIFFERENCE)
+    untested = len(group) - a_real - b_real - none
+    if a_real + b_real + none == 0:
         return f"{a} was faster in {a_wins}, {b} in {b_wins} (single runs, no spread)"
-    a_real = int((tested["time_verdict"] == f"{a} faster").sum())
-    b_real = int((tested["time_verdict"] == f"{b} faster").sum())
-    none = len(tested) - a_real - b_real
     text = (
         f"{a} faster in {a_real}, {b} faster in {b_real} (95% interval of the time ratio "
         f"excluding 1), no detectable difference in {none}"
@@ -175,7 +178,8 @@ def time_parts(frame: pd.DataFrame, platforms: Sequence[str]) -> list[str]:
         if not parts:
             continue
         counts: dict[str, int] = {}
-        for name, _ in parts:
+        for part, _ in parts:
+            name = TIME_PART_NAMES[part]
             counts[name] = counts.get(name, 0) + 1
         ranked = sorted(counts.items(), key=lambda item: -item[1])
         listed = ", ".join(f"{name} in {cell_count(n)}" for name, n in ranked)
@@ -199,10 +203,10 @@ def consistency(frame: pd.DataFrame, platforms: Sequence[str]) -> list[str]:
             where = f"{model} batch {row.batch}, {_epochs(int(row.epochs))}"
             cvs = f"CV {100 * row.time_cv_a:.1f}% vs {100 * row.time_cv_b:.1f}%"
             counts = f"p = {row.spread_p_value:.2g}, n = {row.n_a} and {row.n_b}"
-            if row.spread_verdict.endswith("more consistent"):
-                sentences.append(f"{where}: {row.spread_verdict.replace(' more consistent', '')} "
-                                 f"ran more consistently than "
-                                 f"{b if row.spread_verdict.startswith(a) else a} "
+            steadier = row.spread_verdict.platform((a, b))
+            if steadier is not None:
+                other = b if row.spread_verdict is Verdict.A else a
+                sentences.append(f"{where}: {steadier} ran more consistently than {other} "
                                  f"({cvs} for {a} and {b}, {counts}).")
             else:
                 sentences.append(f"{where}: the data cannot tell which of {a} and {b} ran more "

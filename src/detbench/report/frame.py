@@ -16,8 +16,8 @@ import pandas as pd
 from detbench.errors import DetbenchError
 from detbench.report import reference
 from detbench.study.cells import Cell
+from detbench.summary.comparison import MEASURED
 
-MEASURED = "measured"
 KEYS = ["platform", "model", "batch", "epochs"]
 # Numeric columns of the report's cell table (summary names).
 NUMERIC = [

@@ -23,13 +23,7 @@ from matplotlib.transforms import ScaledTranslation
 
 from detbench import atomic
 from detbench.errors import DetbenchError
-from detbench.report.comparison import (
-    compare_cells,
-    missing_time_note,
-    platform_pairs,
-    platform_sources,
-    time_basis,
-)
+from detbench.report.comparison import missing_time_note
 from detbench.report.frame import MEASURED, cell_dir, ok_cells
 from detbench.report.layout import ReportLayout, slug
 from detbench.report.reference import PUBLISHED
@@ -39,6 +33,12 @@ from detbench.report.spread_plots import (
     time_breakdown_figure,
 )
 from detbench.study.cells import GPU_SAMPLES
+from detbench.summary.comparison import (
+    compare_cells,
+    platform_pairs,
+    platform_sources,
+    time_basis,
+)
 
 # No display on cluster nodes or in CI; switching is allowed as long as no figure exists yet.
 matplotlib.use("Agg")

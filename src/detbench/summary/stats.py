@@ -6,19 +6,22 @@ differ, with scipy.stats doing the tests.
   without the fastest and the slowest run (n >= 5).
 - ``compare_times``: the ratio of two platforms' train times with a 95% interval, from Welch's
   t on log times (the ratio of geometric means; times are positive and their noise is
-  multiplicative), its p-value for "same time", and a verdict that says "faster" only when the
-  interval excludes 1.
+  multiplicative), its p-value for "same time", and a verdict that names a platform faster only
+  when the interval excludes 1.
 - ``compare_spread``: which platform ran more consistently: the CVs and the Brown-Forsythe
   test of equal variances (Levene's test about the median) on log times, so the test asks about
   relative spread, as the CV does.
 - ``compare_means``: a difference of means (accuracy) with its Welch interval and p-value.
 
 With n = 1 on either side there is no spread: the functions say so rather than guess.
+
+A comparison's verdict is a ``Verdict`` value, never text: the report turns it into words.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from collections.abc import Sequence
 
@@ -75,21 +78,44 @@ def describe(values: Sequence[float]) -> Summary | None:
     )
 
 
+class Verdict(enum.Enum):
+    """What a test of two platforms, a and b (in the order they were given), found."""
+
+    A = enum.auto()  # platform a: faster, more consistent or higher, as the test asked
+    B = enum.auto()  # platform b: the same for b
+    NO_DIFFERENCE = enum.auto()  # tested, and the data cannot tell the platforms apart
+    NOT_TESTABLE = enum.auto()  # no spread to test with: a single run or cell, too few runs
+
+    def platform(self, names: tuple[str, str]) -> str | None:
+        """The platform this verdict names, None when it names none."""
+        if self is Verdict.A:
+            return names[0]
+        if self is Verdict.B:
+            return names[1]
+        return None
+
+
 @dataclasses.dataclass(frozen=True)
 class TimeComparison:
     """Platform a's train time over platform b's (a ratio < 1: a is faster)."""
 
+    names: tuple[str, str]  # platforms a and b
     n_a: int
     n_b: int
     ratio: float  # geometric mean of a / geometric mean of b
     ci_low: float | None
     ci_high: float | None
     p_value: float | None  # Welch's t on log times, "same time"
-    verdict: str  # "a faster", "b faster", "no detectable difference", "single run, no spread"
+    verdict: Verdict  # A or B: that platform is faster (the interval excludes 1)
+
+    @property
+    def faster(self) -> str | None:
+        """The platform found faster; None without a detectable difference or a test."""
+        return self.verdict.platform(self.names)
 
     @property
     def significant(self) -> bool:
-        return self.verdict.endswith("faster")
+        return self.verdict in (Verdict.A, Verdict.B)
 
 
 def compare_times(a: Sequence[float], b: Sequence[float], names: tuple[str, str]) -> TimeComparison:
@@ -100,21 +126,20 @@ def compare_times(a: Sequence[float], b: Sequence[float], names: tuple[str, str]
         raise ValueError("compare_times needs at least one run on each platform")
     ratio = float(math.exp(log_a.mean() - log_b.mean()))
     if n_a < 2 or n_b < 2:
-        return TimeComparison(n_a, n_b, ratio, None, None, None, "single run, no spread")
+        return TimeComparison(names, n_a, n_b, ratio, None, None, None, Verdict.NOT_TESTABLE)
     _, low, high, p_value = _welch(log_a, log_b)
     ci_low, ci_high = math.exp(low), math.exp(high)
-    return TimeComparison(
-        n_a, n_b, ratio, ci_low, ci_high, p_value, _time_verdict(ci_low, ci_high, names)
-    )
+    verdict = _time_verdict(ci_low, ci_high)
+    return TimeComparison(names, n_a, n_b, ratio, ci_low, ci_high, p_value, verdict)
 
 
-def _time_verdict(ci_low: float, ci_high: float, names: tuple[str, str]) -> str:
-    """'faster' only for an interval of the ratio a/b that excludes 1."""
+def _time_verdict(ci_low: float, ci_high: float) -> Verdict:
+    """A platform is faster only for an interval of the ratio a/b that excludes 1."""
     if ci_high < 1:
-        return f"{names[0]} faster"
+        return Verdict.A
     if ci_low > 1:
-        return f"{names[1]} faster"
-    return "no detectable difference"
+        return Verdict.B
+    return Verdict.NO_DIFFERENCE
 
 
 def ratio_over_cells(ratios: Sequence[float], names: tuple[str, str]) -> TimeComparison:
@@ -126,22 +151,28 @@ def ratio_over_cells(ratios: Sequence[float], names: tuple[str, str]) -> TimeCom
         raise ValueError("ratio_over_cells needs at least one ratio")
     ratio = float(math.exp(logs.mean()))
     if n < 2:
-        return TimeComparison(n, n, ratio, None, None, None, "single cell, no spread")
+        return TimeComparison(names, n, n, ratio, None, None, None, Verdict.NOT_TESTABLE)
     summary = describe(logs)
     assert summary is not None and summary.ci_low is not None and summary.ci_high is not None
     p_value = float(stats.ttest_1samp(logs, 0.0).pvalue) if summary.std else 0.0
     low, high = math.exp(summary.ci_low), math.exp(summary.ci_high)
-    return TimeComparison(n, n, ratio, low, high, p_value, _time_verdict(low, high, names))
+    return TimeComparison(names, n, n, ratio, low, high, p_value, _time_verdict(low, high))
 
 
 @dataclasses.dataclass(frozen=True)
 class SpreadComparison:
+    names: tuple[str, str]  # platforms a and b
     n_a: int
     n_b: int
     cv_a: float | None
     cv_b: float | None
     p_value: float | None  # Brown-Forsythe on log times, "same relative spread"
-    verdict: str  # "<name> more consistent", "no detectable difference", "too few runs"
+    verdict: Verdict  # A or B: that platform is more consistent; NOT_TESTABLE: too few runs
+
+    @property
+    def more_consistent(self) -> str | None:
+        """The platform whose times vary less, where the test can tell."""
+        return self.verdict.platform(self.names)
 
 
 def compare_spread(
@@ -152,26 +183,33 @@ def compare_spread(
     summary_a, summary_b = describe(data_a), describe(data_b)
     cv_a = summary_a.cv if summary_a else None
     cv_b = summary_b.cv if summary_b else None
-    if len(data_a) < 3 or len(data_b) < 3:
-        return SpreadComparison(len(data_a), len(data_b), cv_a, cv_b, None, "too few runs")
+    n_a, n_b = len(data_a), len(data_b)
+    if n_a < 3 or n_b < 3:
+        return SpreadComparison(names, n_a, n_b, cv_a, cv_b, None, Verdict.NOT_TESTABLE)
     result = stats.levene(np.log(data_a), np.log(data_b), center="median")
     p_value = float(result.pvalue)
     if p_value < alpha and cv_a is not None and cv_b is not None:
-        verdict = f"{names[0] if cv_a < cv_b else names[1]} more consistent"
+        verdict = Verdict.A if cv_a < cv_b else Verdict.B
     else:
-        verdict = "no detectable difference"
-    return SpreadComparison(len(data_a), len(data_b), cv_a, cv_b, p_value, verdict)
+        verdict = Verdict.NO_DIFFERENCE
+    return SpreadComparison(names, n_a, n_b, cv_a, cv_b, p_value, verdict)
 
 
 @dataclasses.dataclass(frozen=True)
 class MeanComparison:
+    names: tuple[str, str]  # platforms a and b
     n_a: int
     n_b: int
     difference: float  # mean of a - mean of b
     ci_low: float | None
     ci_high: float | None
     p_value: float | None
-    verdict: str  # "a higher", "b higher", "no detectable difference", "single run, no spread"
+    verdict: Verdict  # A or B: that platform's mean is higher (the interval excludes 0)
+
+    @property
+    def higher(self) -> str | None:
+        """The platform with the higher mean, where the interval can tell."""
+        return self.verdict.platform(self.names)
 
 
 def compare_means(a: Sequence[float], b: Sequence[float], names: tuple[str, str]) -> MeanComparison:
@@ -182,15 +220,15 @@ def compare_means(a: Sequence[float], b: Sequence[float], names: tuple[str, str]
         raise ValueError("compare_means needs at least one run on each platform")
     difference = float(data_a.mean() - data_b.mean())
     if n_a < 2 or n_b < 2:
-        return MeanComparison(n_a, n_b, difference, None, None, None, "single run, no spread")
+        return MeanComparison(names, n_a, n_b, difference, None, None, None, Verdict.NOT_TESTABLE)
     difference, low, high, p_value = _welch(data_a, data_b)
     if low > 0:
-        verdict = f"{names[0]} higher"
+        verdict = Verdict.A
     elif high < 0:
-        verdict = f"{names[1]} higher"
+        verdict = Verdict.B
     else:
-        verdict = "no detectable difference"
-    return MeanComparison(n_a, n_b, difference, low, high, p_value, verdict)
+        verdict = Verdict.NO_DIFFERENCE
+    return MeanComparison(names, n_a, n_b, difference, low, high, p_value, verdict)
 
 
 def _welch(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, float]:
