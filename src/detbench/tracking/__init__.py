@@ -8,6 +8,7 @@
   never duplicates it; imports ``mlflow``;
 - ``tensorboard_export``: an events file per cell from its ``history.csv``; imports
   ``tensorboard``'s writer and protobufs only (no torch, no TensorFlow).
+- ``export``: a track job, one cell into the tools the config names, and its receipt.
 
 ``mlflow`` and ``tensorboard`` come with the optional extra ``tracking`` and are imported only
 inside the two export modules, which only the track rule's script imports. May import

@@ -2,7 +2,7 @@
 
 The params and final metrics are the cell's row of ``results/summary.csv``
 (:func:`detbench.summary.aggregate.cell_row`), so MLflow and the summary always agree; the
-history is ``history.csv``, one step per epoch. Standard library only (no torch, no mlflow).
+history is ``history.csv``, one step per epoch. No torch, no mlflow.
 """
 
 from __future__ import annotations
