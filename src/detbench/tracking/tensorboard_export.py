@@ -1,9 +1,10 @@
 """A cell's history as a TensorBoard events file, written after training from history.csv.
 
-The events go straight through tensorboard's record writer and protobufs into one file, written
-atomically: no torch (torch.utils.tensorboard), no TensorFlow, no writer thread. The file lies in
-the cell folder, so ``tensorboard --logdir results`` shows each cell as a run named
-``platform/model/cell``.
+The events go straight through tensorboard's ``RecordWriter`` and its protobufs into one file of a
+fixed name, written atomically: no torch (``torch.utils.tensorboard`` imports it), no TensorFlow,
+and no ``EventFileWriter`` (a writer thread, and a file name of its own with a time stamp, which
+Snakemake could not declare as an output). The file lies in the cell folder, so
+``tensorboard --logdir results`` shows each cell as a run named ``platform/model/cell``.
 """
 
 from __future__ import annotations
