@@ -4,7 +4,8 @@
 #   snakemake --configfile config/demo.yaml -c2  the offline demo (synthetic data, CPU)
 #   snakemake results/summary.csv                the summary of every platform under results/
 #
-# Stages, one rule file each: data (download, convert) -> train -> evaluate -> aggregate.
+# Stages, one rule file each: data (download, convert) -> train -> evaluate -> aggregate; track
+# (optional: MLflow, TensorBoard) after evaluate.
 
 
 from snakemake.utils import min_version
@@ -29,6 +30,7 @@ include: "rules/profile.smk"
 include: "rules/evaluate.smk"
 include: "rules/aggregate.smk"
 include: "rules/report.smk"
+include: "rules/track.smk"
 # Last: the checks read the rules above.
 include: "rules/checks.smk"
 
@@ -38,3 +40,4 @@ rule all:
     input:
         "results/summary.csv",
         report_targets(),
+        track_targets(),

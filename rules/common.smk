@@ -21,6 +21,7 @@ from detbench.data import cache_plan
 from detbench.data.prepare import check_source, local_source_files
 from detbench.study import cells, grid
 from detbench.study.config import validate_config
+from detbench.tracking.settings import TrackingSettings, check_installed
 from detbench.workflow import rule_params
 from detbench.errors import DetbenchError
 
@@ -36,6 +37,9 @@ def _config_source():
 try:
     validate_config(config, source=_config_source())
     check_source(config["dataset"], _config_source())
+    TRACKING = TrackingSettings.from_config(config)
+    if TRACKING is not None:
+        check_installed(TRACKING, _config_source())
 except DetbenchError as error:
     raise WorkflowError(f"detbench error: {error}")
 
@@ -201,3 +205,42 @@ def report_histories(wildcards):
     own = [f"{cell.folder()}/{cells.HISTORY}" for cell in grid.study_cells(config)]
     copied = [f"{cell}/{cells.HISTORY}" for cell in other_platform_cells()]
     return own + [path for path in copied if Path(path).exists()]
+
+
+def track_targets():
+    """The track jobs' receipts (and TensorBoard events) of the grid's cells; none without the
+    config key tracking."""
+    if TRACKING is None or not TRACKING.exports_anything:
+        return []
+    outputs = track_outputs().values()
+    return [
+        pattern.replace(CELL, str(cell.folder()))
+        for cell in grid.study_cells(config)
+        for pattern in outputs
+    ]
+
+
+def track_outputs():
+    """What a track job writes: its receipt, and the cell's TensorBoard events if asked for."""
+    outputs = {"receipt": f"{CELL}/{cells.TRACKING_RECORD}"}
+    if TRACKING is not None and TRACKING.tensorboard:
+        outputs["events"] = f"{CELL}/{cells.TENSORBOARD_EVENTS}"
+    return outputs
+
+
+def track_inputs(wildcards):
+    """The evaluated cell's files a track job exports (its weights only when uploaded)."""
+    cell = CELL.format(**wildcards)
+    inputs = {
+        "run": f"{cell}/{cells.RUN_RECORD}",
+        "history": f"{cell}/{cells.HISTORY}",
+        "metrics": f"{cell}/{cells.METRICS}",
+    }
+    if TRACKING.log_weights:
+        inputs["weights"] = f"{cell}/{cells.WEIGHTS}"
+    return inputs
+
+
+def track_settings(wildcards):
+    """The tracking settings (detbench.tracking.settings): a change re-exports every cell."""
+    return TRACKING.to_params()

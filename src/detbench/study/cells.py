@@ -32,6 +32,10 @@ DETECTIONS = "detections.json"
 # made under the evaluate job's settings (detbench.evaluation.final_evaluation); no declared output.
 FINAL_EVALUATION = "final_evaluation.json"
 CHECKPOINTS = "checkpoints"  # resume state, outside the declared outputs
+# What the track job wrote (config key tracking): the MLflow run's id and where it lives; and the
+# cell's TensorBoard events, one file whose name TensorBoard recognises ("tfevents").
+TRACKING_RECORD = "tracking.json"
+TENSORBOARD_EVENTS = "events.out.tfevents.detbench"
 
 # Top-level folders of results/ that hold no platform's cells.
 NOT_PLATFORMS = frozenset({"datasets", "logs", "reference", "report", "weights"})
