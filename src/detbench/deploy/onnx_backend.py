@@ -53,7 +53,8 @@ def read_metadata(path: str | Path) -> ExportedModel:
     try:
         import onnx
     except ImportError:
-        raise DetbenchError("onnx is not installed: pip install onnx (or 'detbench[deploy]')")
+        message = "onnx is not installed: pip install onnx (or 'detbench[deploy]')"
+        raise DetbenchError(message) from None
     if not path.is_file():
         raise DetbenchError(f"{path}: ONNX model file does not exist")
     try:
