@@ -4,7 +4,8 @@
 #   snakemake --configfile config/demo.yaml -c2  the offline demo (synthetic data, CPU)
 #   snakemake results/summary.csv                the summary of every platform under results/
 #
-# Stages, one rule file each: data (download, convert) -> train -> evaluate -> aggregate.
+# Stages, one rule file each: data (download, convert) -> train -> evaluate, deploy (ONNX
+# export, inference benchmark) -> aggregate.
 
 
 from snakemake.utils import min_version
@@ -27,6 +28,7 @@ include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/profile.smk"
 include: "rules/evaluate.smk"
+include: "rules/deploy.smk"
 include: "rules/aggregate.smk"
 include: "rules/report.smk"
 # Last: the checks read the rules above.

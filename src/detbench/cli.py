@@ -213,6 +213,59 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# detbench export
+# --------------------------------------------------------------------------------------------
+
+
+def add_export_command(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="export a trained model to ONNX (for detbench serve --backend onnxruntime)",
+        description=(
+            "Export a trained cell's weights.pt, or Darknet's yolov3.weights / "
+            "yolov3-tiny.weights, to ONNX: the network with its box decoding (NMS stays "
+            "outside), class names, input size, anchors and strides in its metadata. The file "
+            "is written only once ONNX Runtime's raw outputs match PyTorch's."
+        ),
+    )
+    parser.add_argument("weights", type=Path, metavar="WEIGHTS", help="weights.pt or .weights")
+    parser.add_argument("--format", choices=["onnx"], default="onnx", help="export format")
+    parser.add_argument(
+        "-o", "--output", type=Path, metavar="PATH", help="output file (default WEIGHTS.onnx)"
+    )
+    parser.add_argument(
+        "--dynamic-batch", action="store_true", help="any batch size (default: batch 1 only)"
+    )
+    parser.add_argument("--half", action="store_true", help="fp16 weights and input (CUDA)")
+    parser.add_argument("--device", default="cpu", help="device to export on: cpu or cuda")
+    parser.add_argument(
+        "--img-size",
+        type=_multiple_of_32,
+        metavar="PX",
+        help="input size (default: the size the model was trained at; 416 for Darknet files)",
+    )
+    parser.add_argument("--opset", type=_positive_int, default=18, help="ONNX opset (>= 17)")
+    parser.set_defaults(handler=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from detbench.deploy.export import export_onnx
+
+    output = args.output or args.weights.with_suffix(".onnx")
+    result = export_onnx(
+        args.weights,
+        output,
+        dynamic_batch=args.dynamic_batch,
+        half=args.half,
+        device=args.device,
+        opset=args.opset,
+        img_size=args.img_size,
+    )
+    print(result.summary())
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # Argument types
 # --------------------------------------------------------------------------------------------
 
@@ -255,7 +308,7 @@ def _multiple_of_32(text: str) -> int:
 # Entry point
 # --------------------------------------------------------------------------------------------
 
-COMMANDS: list[Callable[[Subparsers], None]] = [add_serve_command]
+COMMANDS: list[Callable[[Subparsers], None]] = [add_serve_command, add_export_command]
 
 
 def build_parser() -> argparse.ArgumentParser:
