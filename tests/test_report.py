@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from detbench.errors import DetbenchError
-from detbench.report import comparison, findings, plots, reference, tables
+from detbench.report import comparison, deployment, findings, plots, reference, tables
 from detbench.report.frame import cell_frame, published_frame
 from detbench.report.layout import ReportLayout, build_layout, slug
 
@@ -383,7 +383,14 @@ def test_layout_names_platforms_models_and_batch_sizes() -> None:
 
 def test_report_entries_have_string_labels_unique_per_subcategory() -> None:
     layout = build_layout("p", ["yolov3", "yolov3-tiny"], [4], [1], ["results/q/yolov3/b4_e1"])
-    groups = (layout.tables, layout.comparison, layout.findings, layout.dataset, layout.plots)
+    groups = (
+        layout.tables,
+        layout.comparison,
+        layout.findings,
+        layout.deployment,
+        layout.dataset,
+        layout.plots,
+    )
     shown: dict[tuple[str, str | None], set[tuple]] = {}
     for entry in (e for group in groups for e in group() if e.category is not None):
         assert entry.labels and all(isinstance(v, str) for v in entry.labels.values())
@@ -393,7 +400,15 @@ def test_report_entries_have_string_labels_unique_per_subcategory() -> None:
         assert key not in seen, f"two report entries share labels {key}"
         seen.add(key)
     categories = {category for category, _ in shown}
-    assert categories == {"Findings", "Accuracy", "Training time", "Resources", "Platforms", "Data"}
+    assert categories == {
+        "Findings",
+        "Accuracy",
+        "Training time",
+        "Resources",
+        "Platforms",
+        "Data",
+        "Deployment",
+    }
 
 
 def test_every_report_file_is_written(tmp_path: Path) -> None:
@@ -421,6 +436,8 @@ def test_every_report_file_is_written(tmp_path: Path) -> None:
     comparison.write_comparison(frame, layout)
     findings.write_findings(frame, layout)
     plots.write_plots(frame, layout, results)
+    pd.DataFrame(rows).to_csv(tmp_path / "summary.csv", index=False)
+    deployment.write_deployment(tmp_path / "summary.csv", *(e.path for e in layout.deployment()))
     written = [p for p in layout.all_paths() if not p.startswith(str(tmp_path / "r/data"))]
     assert [p for p in written if not Path(p).is_file()] == []
     assert not list((tmp_path / "r").rglob("*.tmp"))

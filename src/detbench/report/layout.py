@@ -28,6 +28,7 @@ TRAINING_TIME = "Training time"
 RESOURCES = "Resources"
 PLATFORMS = "Platforms"
 DATA = "Data"
+DEPLOYMENT = "Deployment"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +136,18 @@ class ReportLayout:
             ),
         ]
 
+    def deployment(self) -> list[ReportEntry]:
+        return [
+            ReportEntry(f"{self.root}/deployment.md"),
+            ReportEntry(
+                f"{self.root}/deployment.html",
+                DEPLOYMENT,
+                None,
+                {"text": "deployment"},
+                "deployment.rst",
+            ),
+        ]
+
     def dataset(self) -> list[ReportEntry]:
         folder = f"{self.root}/data"
         return [
@@ -235,7 +248,14 @@ class ReportLayout:
         ]
 
     def all_paths(self) -> list[str]:
-        groups = (self.tables, self.comparison, self.findings, self.dataset, self.plots)
+        groups = (
+            self.tables,
+            self.comparison,
+            self.findings,
+            self.deployment,
+            self.dataset,
+            self.plots,
+        )
         return [entry.path for group in groups for entry in group()]
 
     # -- passing the layout to the report scripts (Snakemake params) -----------------------
