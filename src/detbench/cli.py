@@ -73,6 +73,13 @@ def add_serve_command(subparsers: Subparsers) -> None:
         metavar="PX",
         help=f"input size for the COCO model (multiple of 32; default {COCO_IMG_SIZE})",
     )
+    parser.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="torch: a weights.pt under PyTorch (default); onnxruntime: an exported model.onnx "
+        "(detbench export) under ONNX Runtime, without loading torch",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
     parser.add_argument(
@@ -136,7 +143,9 @@ def serve_config(args: argparse.Namespace) -> WebConfig:
     if args.results is not None:
         best = best_bccd_cell(args.results)
         bccd_model, origin = best.weights, best.describe()
-        log.info("--results %s: picked the %s: %s", args.results, best.describe(), best.weights)
+        if args.backend == "onnxruntime":
+            bccd_model = exported_model_of(best.weights)
+        log.info("--results %s: picked the %s: %s", args.results, best.describe(), bccd_model)
     if bccd_model is None and args.coco_weights is None:
         raise DetbenchError(
             "detbench serve: give --bccd-model PATH, --results DIR and/or --coco-weights PATH"
@@ -147,6 +156,7 @@ def serve_config(args: argparse.Namespace) -> WebConfig:
         coco_weights=args.coco_weights,
         coco_img_size=args.coco_img_size,
         device=args.device,
+        backend=args.backend,
         max_upload_mb=args.max_upload_mb,
         max_pixels=args.max_pixels,
         max_decode_side=args.max_decode_side,
@@ -154,6 +164,19 @@ def serve_config(args: argparse.Namespace) -> WebConfig:
         queue_timeout_s=args.queue_timeout,
         max_connections=args.max_connections,
     )
+
+
+def exported_model_of(weights: Path) -> Path:
+    """The model.onnx beside a cell's weights.pt (rules/deploy.smk), for --backend onnxruntime."""
+    from detbench.study.cells import ONNX_MODEL
+
+    exported = weights.with_name(ONNX_MODEL)
+    if not exported.is_file():
+        raise DetbenchError(
+            f"{exported}: does not exist (build it with `snakemake {exported}` or `detbench "
+            f"export {weights} -o {exported}`)"
+        )
+    return exported
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -28,9 +28,9 @@ log = logging.getLogger("detbench.deploy.export")
 DEFAULT_OPSET = 18
 # Largest difference of a raw head output from PyTorch's (fp32) an export may show.
 RAW_TOLERANCE = 1e-4
-# The example batch the exporter traces with: 2, since torch.export specialises a dimension
-# of size 1 into a constant.
-EXAMPLE_BATCH = 2
+# The example batch the exporter traces a dynamic batch with: 2, since torch.export specialises
+# a dimension of size 1 into a constant. A fixed-batch export takes batch 1.
+DYNAMIC_EXAMPLE_BATCH = 2
 
 
 class _Heads(torch.nn.Module):
@@ -133,7 +133,8 @@ def export_onnx(
         },
     )
     dtype = torch.float16 if half else torch.float32
-    example = torch.rand(EXAMPLE_BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
+    batch = DYNAMIC_EXAMPLE_BATCH if dynamic_batch else 1
+    example = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     example = example.to(torch_device, dtype)
     wrapper = _Heads(model).eval()
     with torch.inference_mode():
