@@ -77,9 +77,6 @@ class OnnxRuntimeModel:
     ) -> None:
         self.path = Path(path)
         self.backend = backend
-        self.metadata = read_metadata(self.path)
-        self.class_names = self.metadata.class_names
-        self.img_size = self.metadata.img_size
         ort = import_onnxruntime()
         provider = PROVIDERS.get(backend)
         if provider is None:
@@ -89,6 +86,8 @@ class OnnxRuntimeModel:
                 f"backend {backend}: ONNX Runtime's {provider} is not installed here "
                 f"(install {PROVIDER_PACKAGES[provider]})"
             )
+        if not self.path.is_file():
+            raise DetbenchError(f"{self.path}: ONNX model file does not exist")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -97,7 +96,13 @@ class OnnxRuntimeModel:
             self.session = ort.InferenceSession(str(self.path), options, providers=[provider])
         except Exception as exc:
             detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-            raise DetbenchError(f"{self.path}: ONNX Runtime cannot load it ({detail})") from None
+            message = f"{self.path}: not an ONNX model ONNX Runtime loads ({detail})"
+            raise DetbenchError(message) from None
+        # From the session, so serving needs no onnx package.
+        properties = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.metadata = ExportedModel.from_properties(properties, self.path)
+        self.class_names = self.metadata.class_names
+        self.img_size = self.metadata.img_size
         self.input_dtype = np.float16 if self.metadata.half else np.float32
         self.output_names = [output.name for output in self.session.get_outputs()]
 
