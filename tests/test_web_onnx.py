@@ -13,6 +13,10 @@ from pathlib import Path
 
 import pytest
 from test_web import (
+    LOAD_TEST_PEAK_RSS_MIB,
+    SERVER_ENV,
+    _load_test_uploads,
+    _peak_rss_mib,
     _wait_until_healthy,
     assert_detections,
     encode,
@@ -120,3 +124,54 @@ def test_results_without_an_exported_model_is_one_line(tmp_path: Path) -> None:
     line = done.stderr.strip().splitlines()[-1]
     exported = results / "p" / "yolov3-tiny" / "b4_e2" / "model.onnx"
     assert line.startswith(f"detbench error: {exported}: does not exist")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_onnxruntime_server_memory_under_concurrent_large_uploads(
+    exported_results: Path, tmp_path: Path
+) -> None:
+    """tests/test_web.py's load test on the ONNX Runtime backend: the same uploads at once,
+    within the same memory bound; prints its idle and peak RSS and the mean inference time."""
+    import threading
+
+    model = exported_results / "p" / "yolov3-tiny" / "b4_e2" / "model.onnx"
+    uploads = _load_test_uploads()
+    port = free_port()
+    command = [
+        sys.executable, "-m", "detbench.cli", "serve", "--backend", "onnxruntime",
+        "--bccd-model", str(model), "--port", str(port), "--queue-timeout", "60",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        env={**os.environ, **SERVER_ENV, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    answers: list[tuple[str, int, dict]] = []
+    try:
+        _wait_until_healthy(url, process)
+        idle = _peak_rss_mib(process.pid)
+
+        def send(kind: str, data: bytes) -> None:
+            status, body = http_post_detect(url, data, model="bccd", annotate="1")
+            answers.append((kind, status, body))
+
+        threads = [threading.Thread(target=send, args=upload) for upload in uploads]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+        peak = _peak_rss_mib(process.pid)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=30)[0]
+    photos = [body for kind, status, body in answers if kind == "photo" and status == 200]
+    inference = sum(b["inference_ms"] for b in photos) / max(len(photos), 1)
+    print(
+        f"detbench serve --backend onnxruntime peak RSS: idle {idle:.0f} MiB, under load "
+        f"{peak:.0f} MiB; mean inference {inference:.0f} ms over {len(photos)} photos"
+    )
+    assert len(answers) == len(uploads), output
+    assert {status for _, status, _ in answers} <= {200, 400, 503}, answers
+    assert photos and all((b["width"], b["height"]) == (5000, 5000) for b in photos), answers
+    assert peak < LOAD_TEST_PEAK_RSS_MIB, f"peak RSS {peak:.0f} MiB (idle {idle:.0f} MiB)"
