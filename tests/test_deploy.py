@@ -163,6 +163,46 @@ def test_benchmark_stage_measures_both_backends(
     assert "on cpu" in described["infer_torch_e2e_p99_ms"]
 
 
+@pytest.mark.slow
+def test_export_reuses_a_cached_graph_with_each_cells_weights(tmp_path: Path) -> None:
+    import onnx
+    import torch
+
+    from detbench.deploy.export import export_onnx
+    from detbench.deploy.onnx_backend import OnnxRuntimeModel
+    from detbench.evaluation.inference import save_trained_model
+    from detbench.models import build_model
+
+    cache = tmp_path / "graphs"
+    images = np.random.default_rng(0).integers(0, 255, (1, 3, 64, 64), dtype=np.uint8)
+    outputs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        weights = tmp_path / f"cell{seed}.pt"
+        metadata = {"model": "yolov3-tiny", "class_names": ["a", "b", "c"], "img_size": 64}
+        save_trained_model(weights, build_model("yolov3-tiny", num_classes=3), metadata)
+        result = export_onnx(weights, tmp_path / f"cell{seed}.onnx", graph_cache=cache)
+        assert result.max_raw_difference <= 1e-4  # its own weights, from the cached graph
+        outputs.append(OnnxRuntimeModel(result.path).run(images)[1][0])
+        assert len(list(cache.iterdir())) == 1
+    assert np.abs(outputs[0] - outputs[1]).max() > 1e-2  # two cells, two sets of weights
+    # A cached graph that does not fit (another class count's) is traced afresh.
+    (graph,) = cache.iterdir()
+    other = tmp_path / "other.pt"
+    save_trained_model(
+        other,
+        build_model("yolov3-tiny", num_classes=3),
+        {"model": "yolov3-tiny", "class_names": ["a", "b", "c"], "img_size": 64},
+    )
+    broken = onnx.load(str(graph))
+    broken.graph.initializer[0].CopyFrom(
+        onnx.numpy_helper.from_array(np.zeros(1, dtype=np.float32), "unused")
+    )
+    onnx.save(broken, str(graph))
+    result = export_onnx(other, tmp_path / "other.onnx", graph_cache=cache)
+    assert result.max_raw_difference <= 1e-4
+
+
 # ------------------------------------------------------------------------------- bad input
 
 

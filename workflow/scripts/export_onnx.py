@@ -17,8 +17,14 @@ def main() -> None:
     from detbench.deploy.export import export_onnx
 
     torch.set_num_threads(snakemake.threads)
-    # Dynamic batch: the benchmark times batches of 1 to 32 with the one file.
-    result = export_onnx(snakemake.input.weights, snakemake.output[0], dynamic_batch=True)
+    # Dynamic batch: the benchmark times batches of 1 to 32 with the one file. The traced
+    # graph is shared by the model's cells (results/<platform>/<model>/.onnx_graphs): each
+    # cell's export then only puts its weights into it.
+    output = Path(snakemake.output[0])
+    graphs = output.parents[1] / ".onnx_graphs"
+    result = export_onnx(
+        snakemake.input.weights, output, dynamic_batch=True, graph_cache=graphs
+    )
     logging.getLogger("detbench.deploy.export").info("%s", result.summary())
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import tempfile
 import warnings
 import zipfile
@@ -104,9 +105,15 @@ def export_onnx(
     device: str = "cpu",
     opset: int = DEFAULT_OPSET,
     img_size: int | None = None,
+    graph_cache: Path | None = None,
 ) -> ExportResult:
     """Export ``source`` (weights.pt or Darknet .weights) to ``output``; the file is written
-    only once ONNX Runtime's raw heads match PyTorch's (fp32: within RAW_TOLERANCE)."""
+    only once ONNX Runtime's raw heads match PyTorch's (fp32: within RAW_TOLERANCE).
+
+    ``graph_cache``: a folder where the traced graph of each architecture, class count, input
+    size and batch mode is kept; a later export of the same kind puts its own weights into
+    that graph instead of tracing again (the trace is most of an export's time), and still
+    passes the same check, else traces afresh."""
     output = Path(output)
     if opset < 17:
         raise DetbenchError(f"--opset {opset}: detbench exports opset 17 or later")
@@ -139,12 +146,26 @@ def export_onnx(
     wrapper = _Heads(model).eval()
     with torch.inference_mode():
         expected = [t.float().cpu().numpy() for t in wrapper(example)]
+    levels = len(model.strides)
+    cached = _cache_path(graph_cache, metadata) if graph_cache is not None else None
     with tempfile.TemporaryDirectory(prefix="detbench-export-") as scratch:
         exported = Path(scratch) / "model.onnx"
-        _export(wrapper, example, exported, opset, dynamic_batch, len(model.strides))
-        data = _with_metadata(exported, metadata)
-        exported.write_bytes(data)
-        difference = _check(exported, example, expected, half)
+        difference = math.inf
+        if cached is not None and cached.is_file():
+            try:
+                data = _with_metadata(cached, metadata, wrapper.state_dict())
+                exported.write_bytes(data)
+                difference = _check(exported, example, expected, half)
+            except Exception as exc:  # a cached graph ONNX Runtime cannot load: trace afresh
+                log.warning("%s: not usable (%s); tracing the model again", cached, exc)
+        if not difference <= RAW_TOLERANCE:
+            _export(wrapper, example, exported, opset, dynamic_batch, levels)
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                atomic.write_bytes(cached, exported.read_bytes())
+            data = _with_metadata(exported, metadata)
+            exported.write_bytes(data)
+            difference = _check(exported, example, expected, half)
     if not half and difference > RAW_TOLERANCE:
         raise DetbenchError(
             f"{source}: the exported raw heads differ from PyTorch's by {difference:.1e} "
@@ -176,7 +197,10 @@ def _export(
                 input_names=[INPUT_NAME],
                 output_names=names,
                 dynamic_shapes=shapes,
-                optimize=True,
+                # Unoptimised: its initializers keep the state_dict's names (batch norm not
+                # folded into the convolutions), so a cached graph can take another cell's
+                # weights; ONNX Runtime folds and fuses when it loads the model.
+                optimize=False,
                 verbose=False,
             )
         except ImportError as exc:
@@ -187,10 +211,31 @@ def _export(
     program.save(str(path))
 
 
-def _with_metadata(path: Path, metadata: ExportedModel) -> bytes:
+def _cache_path(folder: Path, metadata: ExportedModel) -> Path:
+    batch = "dynamic" if metadata.dynamic_batch else "b1"
+    precision = "fp16" if metadata.half else "fp32"
+    name = (
+        f"{metadata.model}_{len(metadata.class_names)}classes_{metadata.img_size}px_{batch}_"
+        f"{precision}_opset{metadata.opset}_torch{torch.__version__}.onnx"
+    )
+    return folder / name
+
+
+def _with_metadata(
+    path: Path, metadata: ExportedModel, weights: dict[str, torch.Tensor] | None = None
+) -> bytes:
+    """The ONNX file at ``path`` with ``metadata``; with ``weights``, every initializer named
+    after a state_dict entry takes that entry's values."""
     import onnx
+    from onnx import numpy_helper
 
     proto = onnx.load(str(path))
+    for initializer in proto.graph.initializer if weights is not None else ():
+        tensor = weights.get(initializer.name)
+        if tensor is not None:
+            array = tensor.detach().cpu().numpy()
+            expected = onnx.helper.tensor_dtype_to_np_dtype(initializer.data_type)
+            initializer.CopyFrom(numpy_helper.from_array(array.astype(expected), initializer.name))
     for key, value in metadata.properties().items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
