@@ -71,6 +71,13 @@ def test_deployment_section_has_intervals_and_findings(tmp_path: Path) -> None:
     assert "by at most 2.0e-04" in markdown
 
 
+def test_tiny_more_accurate_than_full_reads_more(tmp_path: Path) -> None:
+    runs = read_runs(_summary(tmp_path))
+    runs.loc[runs["model"] == "yolov3-tiny", "map50"] = 0.5
+    markdown = deployment_document(runs).to_markdown()
+    assert "at 0.050 mAP@0.5 more (0.500 against 0.450" in markdown
+
+
 def test_deployment_section_without_benchmarks_says_so(tmp_path: Path) -> None:
     path = tmp_path / "summary.csv"
     pd.DataFrame([{"platform": "p", "model": "yolov3", "map50": 0.1}]).to_csv(path, index=False)

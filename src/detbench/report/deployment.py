@@ -125,7 +125,7 @@ def tiny_against_full(runs: pd.DataFrame, platform: str, backend: str) -> str | 
     else:
         difference = _mean(shared["map50_full"]) - _mean(shared["map50_tiny"])
         accuracy = (
-            f"at {difference:.3f} mAP@0.5 {'less' if difference >= 0 else 'more'} "
+            f"at {abs(difference):.3f} mAP@0.5 {'less' if difference >= 0 else 'more'} "
             f"({_mean(shared['map50_tiny']):.3f} against {_mean(shared['map50_full']):.3f} on "
             f"{own['eval_split'].iloc[0]}, mean over the {len(shared)} runs trained alike)"
         )
