@@ -4,8 +4,9 @@
 #   snakemake --configfile config/demo.yaml -c2  the offline demo (synthetic data, CPU)
 #   snakemake results/summary.csv                the summary of every platform under results/
 #
-# Stages, one rule file each: data (download, convert) -> train -> evaluate -> aggregate; track
-# (optional: MLflow, TensorBoard) after evaluate.
+# Stages, one rule file each: data (download, convert) -> train -> evaluate, deploy (ONNX
+# export, inference benchmark) -> aggregate; track (optional: MLflow, TensorBoard) after
+# evaluate.
 
 
 from snakemake.utils import min_version
@@ -28,6 +29,7 @@ include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/profile.smk"
 include: "rules/evaluate.smk"
+include: "rules/deploy.smk"
 include: "rules/aggregate.smk"
 include: "rules/report.smk"
 include: "rules/track.smk"

@@ -5,6 +5,7 @@ rule aggregate:
     input:
         metrics=summary_files(cells.METRICS),
         runs=summary_files(cells.RUN_RECORD),
+        inference=summary_inference,
         profiles=summary_profiles,
     output:
         summary=report(

@@ -92,6 +92,14 @@ def summary_files(name):
     return [f"{cell}/{name}" for cell in summary_cells()]
 
 
+def summary_inference(wildcards):
+    """inference.json of every cell in the summary: this platform's built here, other
+    platforms' where they were measured (a copied-in cell without one has empty columns)."""
+    own = [f"{cell.folder()}/{cells.INFERENCE}" for cell in grid.study_cells(config)]
+    copied = [f"{cell}/{cells.INFERENCE}" for cell in other_platform_cells()]
+    return own + [path for path in copied if Path(path).exists()]
+
+
 def summary_profiles(wildcards):
     """Profile summaries joined into the summary rows: this platform's grid (built here) and
     those of other platforms already under results/ (read as they are)."""
@@ -140,6 +148,11 @@ def train_config(wildcards):
 def evaluate_config(wildcards):
     """What a cell's evaluation depends on: changing only this re-evaluates, never retrains."""
     return rule_params.evaluate_params(config)
+
+
+def deploy_config(wildcards):
+    """What a cell's inference benchmark depends on: changing it re-measures, never retrains."""
+    return rule_params.deploy_params(config)
 
 
 def profile_config(wildcards):

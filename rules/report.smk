@@ -8,6 +8,7 @@ localrules:
     report_tables,
     report_comparison,
     report_findings,
+    report_deployment,
     report_plots,
     report_dataset,
     report_waiting,
@@ -59,6 +60,19 @@ rule report_findings:
         layout=report_layout().to_params(),
     script:
         "../workflow/scripts/report_findings.py"
+
+
+rule report_deployment:
+    input:
+        summary="results/summary.csv",
+    output:
+        report_files("deployment"),
+    log:
+        "results/logs/report_deployment.log",
+    conda:
+        "../envs/aggregate.yaml"
+    script:
+        "../workflow/scripts/report_deployment.py"
 
 
 rule report_plots:

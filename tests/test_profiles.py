@@ -181,7 +181,7 @@ def test_slurm_profile_plans_gpu_requests_and_train_wall_times(workdir: Path) ->
     # Snakemake's own lines show the one core of a dry run (cpus_per_task=1); detbench's list
     # shows what sbatch will get: the rules' threads.
     requests = output.split("detbench: Slurm jobs will ask sbatch for\n", 1)[1]
-    lines = dict(line.strip().split(": ", 1) for line in requests.splitlines()[:6])
+    lines = dict(line.strip().split(": ", 1) for line in requests.splitlines()[:8])
     assert {rule: line.split("  (")[0] for rule, line in lines.items()} == {
         "convert": "-p gpu --cpus-per-task=1 --mem 16000",
         # In the study's plan only with dataset.image_cache disk; no GPU either way.
@@ -190,6 +190,9 @@ def test_slurm_profile_plans_gpu_requests_and_train_wall_times(workdir: Path) ->
         "profile": "-p gpu --cpus-per-task=4 --mem 16000 --gpus=1",
         "evaluate": "-p gpu --cpus-per-task=4 --mem 16000 --gpus=1",
         "aggregate": "-p gpu --cpus-per-task=1 --mem 16000",
+        # The deploy stage, in the cell's group: the benchmark on the cell's GPU.
+        "export_onnx": "-p gpu --cpus-per-task=2 --mem 16000",
+        "benchmark_inference": "-p gpu --cpus-per-task=2 --mem 16000 --gpus=1",
     }
     runtimes: dict[tuple[str, int, int], int] = {}
     for job in jobs:

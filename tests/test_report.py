@@ -22,7 +22,15 @@ import pytest
 import yaml
 
 from detbench.errors import DetbenchError
-from detbench.report import comparison, findings, plots, reference, tables, waiting
+from detbench.report import (
+    comparison,
+    deployment,
+    findings,
+    plots,
+    reference,
+    tables,
+    waiting,
+)
 from detbench.report.frame import cell_frame, published_frame
 from detbench.report.layout import ReportLayout, build_layout, slug
 from detbench.summary import comparison as pairs
@@ -385,7 +393,14 @@ def test_layout_names_platforms_models_and_batch_sizes() -> None:
 
 def test_report_entries_have_string_labels_unique_per_subcategory() -> None:
     layout = build_layout("p", ["yolov3", "yolov3-tiny"], [4], [1], ["results/q/yolov3/b4_e1"])
-    groups = (layout.tables, layout.comparison, layout.findings, layout.dataset, layout.plots)
+    groups = (
+        layout.tables,
+        layout.comparison,
+        layout.findings,
+        layout.deployment,
+        layout.dataset,
+        layout.plots,
+    )
     shown: dict[tuple[str, str | None], set[tuple]] = {}
     for entry in (e for group in groups for e in group() if e.category is not None):
         assert entry.labels and all(isinstance(v, str) for v in entry.labels.values())
@@ -395,7 +410,15 @@ def test_report_entries_have_string_labels_unique_per_subcategory() -> None:
         assert key not in seen, f"two report entries share labels {key}"
         seen.add(key)
     categories = {category for category, _ in shown}
-    assert categories == {"Findings", "Accuracy", "Training time", "Resources", "Platforms", "Data"}
+    assert categories == {
+        "Findings",
+        "Accuracy",
+        "Training time",
+        "Resources",
+        "Platforms",
+        "Data",
+        "Deployment",
+    }
 
 
 def test_every_report_file_is_written(tmp_path: Path) -> None:
@@ -428,6 +451,7 @@ def test_every_report_file_is_written(tmp_path: Path) -> None:
     summary = tmp_path / "summary.csv"
     pd.DataFrame(rows).to_csv(summary, index=False)
     waiting.write_waiting(summary, results, *(entry.path for entry in layout.waiting()))
+    deployment.write_deployment(summary, *(e.path for e in layout.deployment()))
     written = [p for p in layout.all_paths() if not p.startswith(str(tmp_path / "r/data"))]
     assert [p for p in written if not Path(p).is_file()] == []
     assert not list((tmp_path / "r").rglob("*.tmp"))

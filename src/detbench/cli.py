@@ -84,6 +84,13 @@ def add_serve_command(subparsers: Subparsers) -> None:
         metavar="PX",
         help=f"input size for the COCO model (multiple of 32; default {COCO_IMG_SIZE})",
     )
+    parser.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="torch: a weights.pt under PyTorch (default); onnxruntime: an exported model.onnx "
+        "(detbench export) under ONNX Runtime, without loading torch",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
     parser.add_argument(
@@ -163,7 +170,9 @@ def serve_config(args: argparse.Namespace) -> WebConfig:
     if args.results is not None:
         best = best_bccd_cell(args.results)
         bccd_model, origin = best.weights, best.describe()
-        log.info("--results %s: picked the %s: %s", args.results, best.describe(), best.weights)
+        if args.backend == "onnxruntime":
+            bccd_model = exported_model_of(best.weights)
+        log.info("--results %s: picked the %s: %s", args.results, best.describe(), bccd_model)
     if bccd_model is None and args.coco_weights is None and joint_model is None:
         raise DetbenchError(
             "detbench serve: give --bccd-model PATH, --results DIR and/or --coco-weights PATH "
@@ -176,6 +185,7 @@ def serve_config(args: argparse.Namespace) -> WebConfig:
         coco_weights=args.coco_weights,
         coco_img_size=args.coco_img_size,
         device=args.device,
+        backend=args.backend,
         max_upload_mb=args.max_upload_mb,
         max_pixels=args.max_pixels,
         max_decode_side=args.max_decode_side,
@@ -186,6 +196,19 @@ def serve_config(args: argparse.Namespace) -> WebConfig:
         model_cache_size=args.model_cache,
         training=training_settings(args),
     )
+
+
+def exported_model_of(weights: Path) -> Path:
+    """The model.onnx beside a cell's weights.pt (rules/deploy.smk), for --backend onnxruntime."""
+    from detbench.study.cells import ONNX_MODEL
+
+    exported = weights.with_name(ONNX_MODEL)
+    if not exported.is_file():
+        raise DetbenchError(
+            f"{exported}: does not exist (build it with `snakemake {exported}` or `detbench "
+            f"export {weights} -o {exported}`)"
+        )
+    return exported
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -272,6 +295,59 @@ def waitress_error_message(config: WebConfig, status: int, detail: str) -> str:
 
 def _stop_on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+# --------------------------------------------------------------------------------------------
+# detbench export
+# --------------------------------------------------------------------------------------------
+
+
+def add_export_command(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="export a trained model to ONNX (for detbench serve --backend onnxruntime)",
+        description=(
+            "Export a trained cell's weights.pt, or Darknet's yolov3.weights / "
+            "yolov3-tiny.weights, to ONNX: the network with its box decoding (NMS stays "
+            "outside), class names, input size, anchors and strides in its metadata. The file "
+            "is written only once ONNX Runtime's raw outputs match PyTorch's."
+        ),
+    )
+    parser.add_argument("weights", type=Path, metavar="WEIGHTS", help="weights.pt or .weights")
+    parser.add_argument("--format", choices=["onnx"], default="onnx", help="export format")
+    parser.add_argument(
+        "-o", "--output", type=Path, metavar="PATH", help="output file (default WEIGHTS.onnx)"
+    )
+    parser.add_argument(
+        "--dynamic-batch", action="store_true", help="any batch size (default: batch 1 only)"
+    )
+    parser.add_argument("--half", action="store_true", help="fp16 weights and input (CUDA)")
+    parser.add_argument("--device", default="cpu", help="device to export on: cpu or cuda")
+    parser.add_argument(
+        "--img-size",
+        type=_multiple_of_32,
+        metavar="PX",
+        help="input size (default: the size the model was trained at; 416 for Darknet files)",
+    )
+    parser.add_argument("--opset", type=_positive_int, default=18, help="ONNX opset (>= 17)")
+    parser.set_defaults(handler=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from detbench.deploy.export import export_onnx
+
+    output = args.output or args.weights.with_suffix(".onnx")
+    result = export_onnx(
+        args.weights,
+        output,
+        dynamic_batch=args.dynamic_batch,
+        half=args.half,
+        device=args.device,
+        opset=args.opset,
+        img_size=args.img_size,
+    )
+    print(result.summary())
+    return 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,7 +446,11 @@ def _run_resources(args: argparse.Namespace) -> int:
 # Entry point
 # --------------------------------------------------------------------------------------------
 
-COMMANDS: list[Callable[[Subparsers], None]] = [add_serve_command, add_resources_command]
+COMMANDS: list[Callable[[Subparsers], None]] = [
+    add_serve_command,
+    add_export_command,
+    add_resources_command,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,6 @@ detections the same way.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 from typing import Any
@@ -14,21 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 
+# Detections and their mapping back to the image live without torch (detections.py), for the
+# ONNX Runtime path; imported from here by the PyTorch one.
 from detbench.errors import DetbenchError
+from detbench.evaluation.detections import Detections as Detections
+from detbench.evaluation.detections import to_original_pixels as to_original_pixels
 
 WEIGHTS_FORMAT = "detbench-weights-v1"
-
-
-@dataclasses.dataclass
-class Detections:
-    """Detections of one image: boxes (N, 4) x0, y0, x1, y1 px, scores (N,), classes (N,)."""
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    classes: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.scores)
 
 
 def model_input(images: torch.Tensor, device: torch.device, *, channels_last: bool) -> torch.Tensor:
@@ -41,26 +32,6 @@ def model_input(images: torch.Tensor, device: torch.device, *, channels_last: bo
     if channels_last:
         batch = batch.contiguous(memory_format=torch.channels_last)
     return batch
-
-
-def to_original_pixels(
-    found: Detections, placement: Any, width: int, height: int, *, drop_empty: bool = False
-) -> Detections:
-    """Detections on the network's canvas mapped back to the original image (``placement``:
-    its Letterbox or Darknet placement), clipped to its ``width`` x ``height``.
-
-    ``drop_empty``: drop boxes left with no area (they lay entirely in the padding), as the web
-    app does; the evaluation keeps them, as pycocotools would score them.
-    """
-    if not len(found):
-        return Detections(np.zeros((0, 4)), found.scores, found.classes)
-    boxes = placement.to_original(found.boxes)
-    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
-    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
-    if not drop_empty:
-        return Detections(boxes=boxes, scores=found.scores, classes=found.classes)
-    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    return Detections(boxes[keep], found.scores[keep], found.classes[keep])
 
 
 def xywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:

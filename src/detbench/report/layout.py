@@ -28,6 +28,7 @@ TRAINING_TIME = "Training time"
 RESOURCES = "Resources"
 PLATFORMS = "Platforms"
 DATA = "Data"
+DEPLOYMENT = "Deployment"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +147,18 @@ class ReportLayout:
                 "Waiting and allocation",
                 {"text": "queue wait, efficiency, GPU-hours, time to target"},
                 "waiting.rst",
+            ),
+        ]
+
+    def deployment(self) -> list[ReportEntry]:
+        return [
+            ReportEntry(f"{self.root}/deployment.md"),
+            ReportEntry(
+                f"{self.root}/deployment.html",
+                DEPLOYMENT,
+                None,
+                {"text": "deployment"},
+                "deployment.rst",
             ),
         ]
 
@@ -270,6 +283,7 @@ class ReportLayout:
             self.tables,
             self.comparison,
             self.findings,
+            self.deployment,
             self.dataset,
             self.plots,
             self.waiting,

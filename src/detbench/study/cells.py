@@ -28,6 +28,8 @@ RUN_RECORD = "run.json"
 GPU_SAMPLES = "gpu_samples.csv"
 METRICS = "metrics.json"
 DETECTIONS = "detections.json"
+ONNX_MODEL = "model.onnx"  # rules/deploy.smk: the cell exported, and its inference benchmark
+INFERENCE = "inference.json"
 # The train job's evaluation of its final weights, which the evaluate job reuses when it was
 # made under the evaluate job's settings (detbench.evaluation.final_evaluation); no declared output.
 FINAL_EVALUATION = "final_evaluation.json"

@@ -16,6 +16,7 @@ from typing import Any
 
 from detbench import atomic
 from detbench.cluster import efficiency
+from detbench.deploy.summary_columns import describe_columns, inference_columns
 from detbench.errors import DetbenchError, read_json
 from detbench.study import cells
 from detbench.study.cells import METRICS, RUN_RECORD, Cell
@@ -197,6 +198,7 @@ def cell_row(
     row.update(_resource_columns(run))
     row.update(efficiency.summary_columns(run))
     row.update(_profile_columns(parsed.profile_folder(cell.parents[2]) / "summary.json"))
+    row.update(inference_columns(cell))
     price = (prices or {}).get(row["platform"])
     wall = row["wall_time_s"]
     row["cost"] = wall / 3600 * price if price is not None and wall is not None else None
@@ -318,5 +320,6 @@ def write_summary(
                 columns[key] = f"AP@0.5:0.95 of class {key[8:]} on eval_split"
             elif key.startswith("ap50_"):
                 columns[key] = f"AP@0.5 of class {key[5:]} on eval_split"
+    columns.update(describe_columns(rows))
     atomic.write_json(Path(path).with_suffix(".columns.json"), columns)
     return rows

@@ -16,12 +16,10 @@ from functools import partial
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-import torch
 from flask import Flask, Request, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from detbench.errors import DetbenchError
-from detbench.training.device import select_device
 from detbench.web.draw import annotate, png_data_url
 from detbench.web.images import ImageRejected, decode_upload
 from detbench.web.model_picker import CellModel, ModelPicker
@@ -69,7 +67,11 @@ def create_app(config: WebConfig, registry: ModelRegistry | None = None) -> Flas
         registry = load_joint_registry(
             config.joint_model, resolve_device(config.device), config.bccd_origin
         )
-    if registry is None:
+    if registry is None and config.backend == "onnxruntime":
+        from detbench.web.onnx_serving import onnx_registry
+
+        registry = onnx_registry(config)  # no torch in this process
+    elif registry is None:
         registry = ModelRegistry.from_files(
             resolve_device(config.device),
             bccd_model=config.bccd_model,
@@ -268,8 +270,13 @@ def _detect(
     return body
 
 
-def resolve_device(requested: str) -> torch.device:
-    """``--device``: auto, cpu, cuda, cuda:N; a one-line error naming the option otherwise."""
+def resolve_device(requested: str) -> Any:
+    """``--device``: auto, cpu, cuda, cuda:N (a torch.device); a one-line error naming the
+    option otherwise."""
+    import torch
+
+    from detbench.training.device import select_device
+
     try:
         device = torch.device(requested) if requested != "auto" else None
     except RuntimeError:

@@ -22,16 +22,18 @@ import math
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from detbench.errors import DetbenchError
-from detbench.evaluation.inference import load_trained_model
 from detbench.study.cells import METRICS, RUN_RECORD, WEIGHTS, Cell, find_cells
 from detbench.study.config import TrainHyperparameters
 from detbench.web.registry import ModelUnavailable, ServedModel
 from detbench.web.settings import DEFAULT_MODEL_CACHE
+
+# torch is imported where a cell's model is loaded, so that the ONNX Runtime backend can list
+# cells without it.
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("detbench.web")
 
@@ -114,6 +116,8 @@ def find_cell_models(results_dirs: Iterable[Path]) -> list[CellModel]:
 def load_cell_model(entry: CellModel, device: torch.device) -> ServedModel:
     """A cell's weights.pt as a served model (any classes: a cell trained on an uploaded
     dataset detects its own)."""
+    from detbench.evaluation.inference import load_trained_model
+
     model, metadata = load_trained_model(entry.weights, device)
     img_size = int(metadata["img_size"])
     served = ServedModel(

@@ -33,33 +33,24 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from detbench.data.augment import Letterbox, letterbox, resize_long_side
 from detbench.data.coco import COCO_CLASSES
 from detbench.errors import DetbenchError
-from detbench.evaluation.inference import (
-    Detections,
-    load_trained_model,
-    model_input,
-    non_max_suppression,
-    to_original_pixels,
-)
-from detbench.models import (
-    MODEL_NAMES,
-    build_model,
-    expected_weights_bytes,
-    load_darknet_weights,
-)
-from detbench.models.pretrained import DARKNET_NMS_IOU, DarknetPlacement, darknet_letterbox
-from detbench.models.weights import HEADER_BYTES_INT32_SEEN, HEADER_BYTES_INT64_SEEN
+from detbench.evaluation.detections import Detections, to_original_pixels
 from detbench.study.cells import METRICS, WEIGHTS, Cell
 from detbench.study.config import TrainHyperparameters
-from detbench.training.device import select_precision
 from detbench.web.settings import COCO_IMG_SIZE, InferenceSettings
+
+# torch and the models are imported where a model is loaded or run, so that the ONNX Runtime
+# backend (detbench.web.onnx_serving) shares this module's registry without loading torch.
+if TYPE_CHECKING:
+    import torch
+
+    from detbench.models.pretrained import DarknetPlacement
 
 log = logging.getLogger("detbench.web")
 
@@ -146,6 +137,10 @@ class ServedModel:
         self.darknet_input = darknet_input
         self.nms_iou = nms_iou  # None: the request settings' (the evaluation's)
         self.channels_last = channels_last
+        import torch
+
+        from detbench.training.device import select_precision
+
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.precision = select_precision(device, amp=True)
@@ -167,6 +162,10 @@ class ServedModel:
         """BGR uint8 image -> (1, 3, S, S) RGB tensor and the mapping back to the image: uint8
         exactly as DetectionDataset.sample prepares an evaluation image, or float in [0, 1] as
         Darknet's letterbox_image makes it (``darknet_input``)."""
+        import torch
+
+        from detbench.models.pretrained import darknet_letterbox
+
         if self.darknet_input:
             rgb = np.ascontiguousarray(image[:, :, ::-1])
             boxed, darknet_placement = darknet_letterbox(rgb, self.img_size)
@@ -185,6 +184,10 @@ class ServedModel:
     def predict(
         self, image: np.ndarray, confidence: float, settings: InferenceSettings
     ) -> Prediction:
+        import torch
+
+        from detbench.evaluation.inference import model_input, non_max_suppression
+
         height, width = image.shape[:2]
         batch, transform = self.preprocess(image)
         dtype = self.precision.dtype
@@ -225,6 +228,8 @@ def load_bccd_model(
 ) -> ServedModel:
     """A trained cell's ``weights.pt`` as the blood-cell model; ``joint``: a model that knows
     the blood-cell classes among others (detbench.web.joint)."""
+    from detbench.evaluation.inference import load_trained_model
+
     path = Path(path)
     model, metadata = load_trained_model(path, device)
     names = tuple(str(n) for n in metadata["class_names"])
@@ -268,6 +273,9 @@ def coco_architecture_for_size(size: int) -> str | None:
 
     Darknet files from before v0.2 store ``seen`` in 4 bytes instead of 8; both are accepted.
     """
+    from detbench.models import MODEL_NAMES, expected_weights_bytes
+    from detbench.models.weights import HEADER_BYTES_INT32_SEEN, HEADER_BYTES_INT64_SEEN
+
     for name in MODEL_NAMES:
         floats = expected_weights_bytes(name, 80) - HEADER_BYTES_INT64_SEEN
         if size in (floats + HEADER_BYTES_INT64_SEEN, floats + HEADER_BYTES_INT32_SEEN):
@@ -279,6 +287,14 @@ def load_coco_model(
     path: str | Path, device: torch.device, img_size: int = COCO_IMG_SIZE
 ) -> ServedModel:
     """The official Darknet COCO weights (architecture from the file size)."""
+    from detbench.models import (
+        MODEL_NAMES,
+        build_model,
+        expected_weights_bytes,
+        load_darknet_weights,
+    )
+    from detbench.models.pretrained import DARKNET_NMS_IOU
+
     path = Path(path)
     size = path.stat().st_size
     architecture = coco_architecture_for_size(size)

@@ -53,6 +53,8 @@ class WebConfig:
     joint_model: Path | None = None
     coco_img_size: int = COCO_IMG_SIZE
     device: str = "auto"
+    # torch (PyTorch, weights.pt) or onnxruntime (an exported model.onnx; no torch loaded).
+    backend: str = "torch"
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
     max_pixels: int = DEFAULT_MAX_PIXELS
     default_confidence: float = DEFAULT_CONFIDENCE

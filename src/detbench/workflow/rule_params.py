@@ -59,6 +59,16 @@ def evaluate_params(config: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def deploy_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What a cell's inference benchmark depends on (besides its weights and model.onnx): the
+    split it cycles, the NMS it scores with, and the deploy section."""
+    return {
+        "dataset": _dataset_params(config),
+        "evaluate": config["evaluate"],
+        "deploy": config["deploy"],
+    }
+
+
 def _dataset_params(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config["dataset"].items() if k not in RUNTIME_DATASET_KEYS}
 
