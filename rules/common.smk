@@ -94,7 +94,8 @@ def summary_files(name):
 
 def summary_inference(wildcards):
     """inference.json of every cell in the summary: this platform's built here, other
-    platforms' where they were measured (a copied-in cell without one has empty columns)."""
+    platforms' where they were measured (a copied-in cell without one has empty columns).
+    """
     own = [f"{cell.folder()}/{cells.INFERENCE}" for cell in grid.study_cells(config)]
     copied = [f"{cell}/{cells.INFERENCE}" for cell in other_platform_cells()]
     return own + [path for path in copied if Path(path).exists()]
