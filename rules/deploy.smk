@@ -3,9 +3,12 @@
 # agreement with PyTorch on the evaluation split (detbench.deploy).
 
 
+# After evaluate (metrics.json as an input): a cell's group then runs one job at a time, and
+# Slurm is asked for its largest job's CPUs and memory, not for two branches' sum.
 rule export_onnx:
     input:
         weights=f"{CELL}/{cells.WEIGHTS}",
+        metrics=f"{CELL}/{cells.METRICS}",
     output:
         f"{CELL}/{cells.ONNX_MODEL}",
     log:
